@@ -1,0 +1,182 @@
+"""Batch enhancement: expand inputs, plan outputs, run each file, never stop the batch for one bad file.
+
+The CLI only renders what this yields (progress bar, JSON lines, summary); everything that decides
+what is read and written lives here so the Python API behaves the same.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .errors import InputError, LLEError, OutputExistsError, UsageError
+from .imageio import IMAGE_SUFFIXES, encode_image, format_from_suffix, read_image, write_bytes_atomic
+from .runner import LoadedModel
+
+__all__ = ["OutputOptions", "Job", "JobResult", "expand_inputs", "plan_jobs", "run_job", "run_batch", "STDIO"]
+
+STDIO = "-"
+_WRITABLE = {"PNG": ".png", "JPEG": ".jpg", "TIFF": ".tif", "WEBP": ".webp", "BMP": ".bmp"}
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    suffix: str = "_enhanced"  # added to the stem when writing beside the input
+    format: str | None = None  # None: same as the input (PNG for stdin)
+    quality: int = 95
+    bit_depth: int | None = None  # None: keep the input's (8 or 16) where the format allows
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class Job:
+    input: str  # a path, or "-" for stdin
+    output: str | None  # a path, "-" for stdout, or None when planning already failed
+    error: str | None = None  # set when the job cannot run at all (missing file, clash)
+
+
+@dataclass
+class JobResult:
+    input: str
+    output: str | None
+    model: str
+    seconds: float
+    status: str  # "ok" or "error"
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _is_image(p: Path) -> bool:
+    return p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+
+
+def expand_inputs(inputs: list[str], *, skip_suffix: str | None = None) -> list[tuple[str, str | None]]:
+    """Files, directories (their images, not recursive) and globs, as ``(path, error)`` pairs.
+
+    A directory's files that already end with ``skip_suffix`` are our own earlier outputs and are
+    skipped, so running twice over a folder does not enhance the results again.
+    """
+    out: list[tuple[str, str | None]] = []
+    for item in inputs:
+        if item == STDIO:
+            out.append((STDIO, None))
+            continue
+        p = Path(item)
+        if p.is_dir():
+            files = sorted(f for f in p.iterdir() if f.is_file() and _is_image(f))
+            if skip_suffix:
+                files = [f for f in files if not f.stem.endswith(skip_suffix)]
+            if not files:
+                out.append((item, f"{item}: no images in this directory (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"))
+            out.extend((str(f), None) for f in files)
+        elif p.exists() or not glob.has_magic(item):
+            out.append((item, None if p.exists() else f"{item}: no such file"))
+        else:
+            matches = sorted(m for m in glob.glob(item, recursive=True) if Path(m).is_file())
+            if not matches:
+                out.append((item, f"{item}: no files match this pattern"))
+            out.extend((m, None) for m in matches)
+    return out
+
+
+def _output_suffix(input_path: str, opts: OutputOptions) -> str:
+    if opts.format:
+        return _WRITABLE[opts.format]
+    fmt = None if input_path == STDIO else format_from_suffix(input_path)
+    return Path(input_path).suffix if fmt in _WRITABLE else ".png"
+
+
+def _normalise_format(opts: OutputOptions) -> OutputOptions:
+    if opts.format is None:
+        return opts
+    fmt = opts.format.upper().replace("JPG", "JPEG").replace("TIF", "TIFF").replace("TIFFF", "TIFF")
+    if fmt not in _WRITABLE:
+        raise UsageError(f"--format {opts.format!r}: expected one of png, jpeg, tiff, webp, bmp")
+    return OutputOptions(opts.suffix, fmt, opts.quality, opts.bit_depth, opts.overwrite)
+
+
+def plan_jobs(inputs: list[str], output: str | None, opts: OutputOptions) -> tuple[list[Job], OutputOptions]:
+    """Decide every output path up front so clashes and existing files are reported before any work."""
+    opts = _normalise_format(opts)
+    if not inputs:
+        raise UsageError("no input given; pass image files, directories, globs or - for stdin")
+    if inputs.count(STDIO) > 1:
+        raise UsageError("stdin (-) can be given only once")
+    expanded = expand_inputs(inputs, skip_suffix=opts.suffix if output is None else None)
+    to_dir: Path | None = None
+    if output == STDIO or (output is None and inputs == [STDIO]):
+        if len(expanded) != 1:
+            raise UsageError("-o - (stdout) takes exactly one input image")
+    elif output is not None:
+        o = Path(output)
+        if o.is_dir() or output.endswith(os.sep) or len(expanded) > 1 or inputs != [e[0] for e in expanded]:
+            to_dir = o
+            if o.exists() and not o.is_dir():
+                raise UsageError(f"-o {output}: several inputs need an output directory, but this is a file")
+        elif format_from_suffix(output) is None:
+            raise UsageError(f"-o {output}: unknown image suffix; use .png, .jpg, .tif, .webp or .bmp, or a directory ending in /")
+    jobs: list[Job] = []
+    seen: dict[str, str] = {}
+    for path, err in expanded:
+        if err:
+            jobs.append(Job(path, None, err))
+            continue
+        if output == STDIO or (output is None and path == STDIO):
+            target = STDIO
+        elif to_dir is not None:
+            stem = "stdin" if path == STDIO else Path(path).stem
+            target = str(to_dir / f"{stem}{_output_suffix(path, opts)}")
+        elif output is not None:
+            target = output
+        else:
+            p = Path(path)
+            target = str(p.with_name(f"{p.stem}{opts.suffix}{_output_suffix(path, opts)}"))
+        key = os.path.abspath(target) if target != STDIO else STDIO
+        if key in seen and target != STDIO:
+            jobs.append(Job(path, None, f"{path}: its output {target} would also be written for {seen[key]}; use -o DIR with distinct names"))
+            continue
+        seen[key] = path
+        if target != STDIO and not opts.overwrite and Path(target).exists():
+            jobs.append(Job(path, target, str(OutputExistsError(f"{target}: already exists; pass --overwrite to replace it or choose another -o"))))
+            continue
+        jobs.append(Job(path, target))
+    return jobs, opts
+
+
+def run_job(model: LoadedModel, job: Job, opts: OutputOptions, *, stdin: bytes | None = None, stdout=None) -> JobResult:
+    """Read, enhance, encode and atomically write one image; errors become a failed result."""
+    start = time.perf_counter()
+    try:
+        if job.error:
+            raise InputError(job.error)
+        if job.input == STDIO:
+            pic = read_image(stdin if stdin is not None else b"", name="<stdin>")
+        else:
+            pic = read_image(job.input)
+        out_fmt = opts.format or ("PNG" if job.output == STDIO else format_from_suffix(job.output) or "PNG")
+        enhanced = pic.with_rgb(model.enhance(pic.rgb))
+        data = encode_image(enhanced, out_fmt, quality=opts.quality, bit_depth=opts.bit_depth)
+        if job.output == STDIO:
+            stdout.write(data)
+            stdout.flush()
+        else:
+            parent = Path(job.output).parent
+            parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(job.output, data, overwrite=opts.overwrite)
+        status, error = "ok", None
+    except LLEError as e:
+        status, error = "error", str(e)
+    except OSError as e:  # disk full, permission denied on the output directory, ...
+        status, error = "error", f"{job.output or job.input}: {e.strerror or e}"
+    return JobResult(job.input, job.output, model.name, round(time.perf_counter() - start, 4), status, error)
+
+
+def run_batch(model: LoadedModel, jobs: list[Job], opts: OutputOptions, *, stdin: bytes | None = None, stdout=None) -> Iterator[JobResult]:
+    for job in jobs:
+        yield run_job(model, job, opts, stdin=stdin, stdout=stdout)

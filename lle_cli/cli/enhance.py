@@ -1,0 +1,73 @@
+"""``lle enhance``: enhance images with a registered model."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .. import api
+from ..batch import STDIO, OutputOptions, plan_jobs, run_batch
+from ..errors import UsageError
+from ._common import DeviceOpt, JsonOpt, ModelOpt, PrecisionOpt, QuietOpt, WeightsOpt, err_console, show_progress
+
+
+def enhance(
+    inputs: Annotated[list[str], typer.Argument(help="Image files, directories, globs, or - to read one image from stdin.", show_default=False)],
+    output: Annotated[
+        Optional[str],
+        typer.Option("--output", "-o", help="Output file, directory (several inputs or a trailing /), or - for PNG on stdout. Default: beside each input with --suffix."),
+    ] = None,
+    model: ModelOpt = None,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    fmt: Annotated[Optional[str], typer.Option("--format", "-f", help="png, jpeg, tiff, webp or bmp; default: the input's format.")] = None,
+    quality: Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG/WebP quality.")] = 95,
+    bit_depth: Annotated[Optional[int], typer.Option("--bit-depth", help="8 or 16 (PNG/TIFF); default: the input's.")] = None,
+    suffix: Annotated[str, typer.Option("--suffix", help="Added to the file name when writing beside the input.")] = "_enhanced",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+) -> int:
+    """Enhance low-light or backlit photos. Exit code 0: all written, 1: some failed, 2: usage error."""
+    if bit_depth not in (None, 8, 16):
+        raise UsageError("--bit-depth must be 8 or 16")
+    opts = OutputOptions(suffix=suffix, format=fmt, quality=quality, bit_depth=bit_depth, overwrite=overwrite)
+    jobs, opts = plan_jobs(inputs, output, opts)
+    to_stdout = any(j.output == STDIO for j in jobs)
+    if to_stdout and json_out:
+        raise UsageError("--json and -o - both want stdout; write the image to a file with -o FILE")
+    if to_stdout and sys.stdout.isatty():
+        raise UsageError("refusing to write image bytes to a terminal; redirect stdout or use -o FILE")
+    stdin_bytes = sys.stdin.buffer.read() if any(j.input == STDIO for j in jobs) else None
+    loaded = api.load_model(model, weights=weights, device=device, precision=precision)
+    if not quiet and not json_out:
+        err_console.print(f"[dim]model {loaded.name} ({loaded.weights_source}) on {loaded.device}[/dim]")
+    failures: list[str] = []
+    ok = 0
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err_console, disable=not show_progress(quiet, json_out), transient=True,
+    )
+    with progress:
+        task = progress.add_task("enhancing", total=len(jobs))
+        for result in run_batch(loaded, jobs, opts, stdin=stdin_bytes, stdout=sys.stdout.buffer):
+            if json_out:
+                print(json.dumps(result.to_dict()), flush=True)
+            elif result.status == "ok" and result.output != STDIO:
+                print(result.output, flush=True)
+            if result.status == "ok":
+                ok += 1
+            else:
+                failures.append(result.error or result.input)
+                if not json_out:
+                    progress.console.print(f"[red]Error:[/red] {result.error}", markup=True, soft_wrap=True)
+            progress.update(task, advance=1, description=Path(result.input).name)
+    if not quiet and not json_out and len(jobs) > 1:
+        err_console.print(f"{ok} enhanced, {len(failures)} failed")
+    return 1 if failures else 0

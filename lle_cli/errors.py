@@ -1,0 +1,54 @@
+"""Exceptions lle raises on purpose; the CLI maps each to a one-line message and an exit code.
+
+Every message says what went wrong and what to do about it. Library code never prints and never
+uses ``assert`` to validate input.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "LLEError",
+    "InputError",
+    "UsageError",
+    "ModelNotFoundError",
+    "WeightsError",
+    "ChecksumError",
+    "OutputExistsError",
+    "DeviceError",
+]
+
+
+class LLEError(Exception):
+    """Base class; ``exit_code`` is what the CLI exits with when this reaches it."""
+
+    exit_code = 1
+
+
+class InputError(LLEError):
+    """An input file is missing, unreadable, truncated or not an image."""
+
+
+class OutputExistsError(LLEError):
+    """Refusing to overwrite an existing file without ``--overwrite``."""
+
+
+class UsageError(LLEError):
+    """Flags or arguments that do not make sense together."""
+
+    exit_code = 2
+
+
+class ModelNotFoundError(UsageError):
+    """Unknown model name; the message lists close matches."""
+
+
+class DeviceError(UsageError):
+    """The requested device is not available on this machine."""
+
+
+class WeightsError(LLEError):
+    """Weights are missing, unreadable or do not fit the architecture."""
+
+
+class ChecksumError(WeightsError):
+    """A weights file's sha256 does not match the manifest."""

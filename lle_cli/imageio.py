@@ -1,0 +1,769 @@
+"""Reading and writing photos without losing what a photographer cares about.
+
+Pixels come in as float32 RGB in [0, 1] at the source's full precision (16-bit PNG and TIFF
+included, which Pillow alone would cut to 8 bits), with EXIF orientation applied, alpha kept aside,
+and the ICC profile and EXIF carried to the output. Every failure is one ``InputError`` line that
+names the file and says what to do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import io
+import os
+import secrets
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageCms, UnidentifiedImageError
+
+from . import _png
+from .errors import InputError, OutputExistsError, UsageError
+
+__all__ = [
+    "Picture",
+    "read_image",
+    "encode_image",
+    "write_bytes_atomic",
+    "format_from_suffix",
+    "is_image_path",
+    "IMAGE_SUFFIXES",
+    "FORMATS",
+]
+
+_SUFFIX_FORMATS = {
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".webp": "WEBP",
+    ".bmp": "BMP",
+}
+IMAGE_SUFFIXES: frozenset[str] = frozenset(_SUFFIX_FORMATS)
+FORMATS: tuple[str, ...] = ("PNG", "JPEG", "TIFF", "WEBP", "BMP")
+_FORMAT_ALIASES = {"JPG": "JPEG", "TIF": "TIFF"}
+# The JPEG opener returns "MPO" for camera JPEGs that carry a second (preview) frame.
+_PIL_FORMATS = ("PNG", "JPEG", "TIFF", "WEBP", "BMP")
+_HIGH_DEPTH = ("PNG", "TIFF")
+_WHAT_WE_READ = "JPEG/PNG/TIFF/WebP/BMP"
+_CORRUPT_FIX = "re-export or re-download it"
+
+_ORIENTATION = 0x0112
+# EXIF tags that describe the photo rather than the file layout; all a TIFF's IFD0 may pass on.
+_DESCRIPTIVE_TAGS = (0x010E, 0x010F, 0x0110, 0x0112, 0x011A, 0x011B, 0x0128, 0x0131, 0x0132, 0x013B, 0x8298)
+_SUB_IFDS = (0x8769, 0x8825)  # Exif, GPS
+_JPEG_MAX_EXIF = 65533  # one APP1 segment
+_TIFF_STDLIB_COMPRESSION = {1, 8, 32946}  # none, Adobe deflate, deflate: readable without imagecodecs
+_GRAY_MODES = {"1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+# Errors Pillow's decoders raise for damaged data.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error, RuntimeError)
+
+
+@dataclass(eq=False)
+class Picture:
+    """A decoded photo plus everything needed to write it back faithfully."""
+
+    rgb: np.ndarray  # float32 (H, W, 3) in [0, 1], C-contiguous
+    alpha: np.ndarray | None  # float32 (H, W) in [0, 1]; never touched by enhancement
+    bit_depth: int  # 8 or 16: precision of the source
+    grayscale: bool  # the source had one colour channel
+    icc_profile: bytes | None  # RGB or grey profile, matching ``grayscale``
+    exif: bytes | None  # "Exif\0\0"-prefixed EXIF with Orientation reset to 1
+    format: str  # "PNG", "JPEG", "TIFF", "WEBP" or "BMP"
+    source: str  # path, or "<stdin>"
+
+    def with_rgb(self, rgb: np.ndarray) -> Picture:
+        """The same picture with new pixels: what the enhancer returns keeps all metadata."""
+        return dataclasses.replace(self, rgb=np.ascontiguousarray(rgb, dtype=np.float32))
+
+
+# --------------------------------------------------------------------------------------------
+# Suffixes
+
+
+def format_from_suffix(path: str | os.PathLike) -> str | None:
+    """Output format implied by a file name, or None for suffixes we do not write."""
+    return _SUFFIX_FORMATS.get(Path(path).suffix.lower())
+
+
+def is_image_path(path: str | os.PathLike) -> bool:
+    """Whether a directory walk should pick this file up."""
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_image(source: str | os.PathLike | bytes, *, name: str | None = None) -> Picture:
+    """Decode a path or raw bytes (stdin) into a ``Picture``; raise ``InputError`` on any failure.
+
+    ``name`` replaces the label used in messages and in ``Picture.source``.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        label = name or "<stdin>"
+        data = bytes(source)
+    else:
+        label = name or os.fspath(source)
+        data = _read_file(os.fspath(source), label)
+    if not data:
+        raise InputError(f"{label}: the file is empty (0 bytes); check it was written completely")
+    return _decode(data, label)
+
+
+def _read_file(path: str, label: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise InputError(f"{label}: no such file; check the path") from None
+    except IsADirectoryError:
+        raise InputError(f"{label}: is a directory; pass an image file") from None
+    except PermissionError:
+        raise InputError(f"{label}: permission denied; check the file's read permission") from None
+    except OSError as exc:
+        raise InputError(f"{label}: cannot be read ({exc.strerror or exc}); check the file") from None
+
+
+def _corrupt(label: str, exc: BaseException | str) -> InputError:
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return InputError(f"{label}: the file is truncated or corrupt ({reason}); {_CORRUPT_FIX}")
+
+
+def _too_large(label: str, width: int, height: int) -> InputError:
+    return InputError(
+        f"{label}: {width}x{height} pixels is over the decompression-bomb limit; "
+        "if the image is genuine, downscale it first"
+    )
+
+
+def _check_pixels(label: str, width: int, height: int) -> None:
+    """Pillow's decompression-bomb rule, for the decoders that bypass Pillow."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > 2 * limit:
+        raise _too_large(label, width, height)
+
+
+def _decode(data: bytes, label: str) -> Picture:
+    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        pic = _read_tiff_high_depth(data, label)
+        if pic is not None:
+            return pic
+    if data.startswith(_png.PNG_SIGNATURE):
+        try:
+            header = _png.read_header(data)
+        except _png.PngError as exc:
+            raise _corrupt(label, exc) from None
+        if header.bit_depth == 16:
+            _check_pixels(label, header.width, header.height)
+            return _read_png16(data, label)
+    return _decode_pillow(data, label)
+
+
+def _decode_pillow(data: bytes, label: str) -> Picture:
+    try:
+        im = Image.open(io.BytesIO(data), formats=_PIL_FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"{label}: {exc}; if the image is genuine, downscale it first") from None
+    except UnidentifiedImageError:
+        if _looks_like_image(data):
+            raise _corrupt(label, "cannot identify image file") from None
+        raise InputError(
+            f"{label}: not a readable image (cannot identify image file); "
+            f"check the file is a {_WHAT_WE_READ}"
+        ) from None
+    except _DECODE_ERRORS as exc:
+        raise _corrupt(label, exc) from None
+    with im:
+        try:
+            im.load()
+        except Image.DecompressionBombError as exc:
+            raise InputError(f"{label}: {exc}; if the image is genuine, downscale it first") from None
+        except _DECODE_ERRORS as exc:
+            raise _corrupt(label, exc) from None
+        return _from_pillow(im, label)
+
+
+def _looks_like_image(data: bytes) -> bool:
+    """Magic numbers of the formats we read: such a file is damaged rather than the wrong kind."""
+    return (
+        data.startswith((_png.PNG_SIGNATURE, b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*"))
+        or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+    )
+
+
+def _from_pillow(im: Image.Image, label: str) -> Picture:
+    fmt = "JPEG" if im.format == "MPO" else str(im.format)
+    icc = im.info.get("icc_profile") or None
+    if fmt == "TIFF":
+        exif, orientation = _tiff_exif(im)
+    else:
+        exif, orientation = _reset_orientation(im.info.get("exif"))
+
+    mode = im.mode
+    try:
+        if mode == "CMYK":
+            im = _cmyk_to_rgb(im, icc)
+            icc = None
+            mode = "RGB"
+        elif mode == "LAB":
+            im = ImageCms.profileToProfile(im, ImageCms.createProfile("LAB"), _srgb(), outputMode="RGB")
+            icc = None
+            mode = "RGB"
+        elif mode in ("P", "PA"):
+            mode = "RGBA" if _has_transparency(im) else "RGB"
+            im = im.convert(mode)
+        elif mode == "1":
+            im, mode = im.convert("L"), "L"
+        elif mode in ("La", "RGBa"):
+            mode = mode.replace("a", "A")
+            im = im.convert(mode)
+        elif mode not in _GRAY_MODES and mode not in ("RGB", "RGBA"):
+            mode = "RGBA" if "A" in mode else "RGB"
+            im = im.convert(mode)
+        arr = np.asarray(im)
+        if mode == "I":  # 32-bit container that Pillow fills with 16-bit data
+            arr = np.clip(arr, 0, 65535).astype(np.uint16)
+    except (ImageCms.PyCMSError, *_DECODE_ERRORS) as exc:
+        raise _corrupt(label, exc) from None
+
+    grayscale = mode in _GRAY_MODES
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    alpha = None
+    if mode in ("LA", "RGBA"):
+        arr, alpha = arr[:, :, :-1], arr[:, :, -1]
+    elif mode in ("L", "RGB") and "transparency" in im.info:
+        alpha = _key_alpha(arr, im.info["transparency"])
+    depth = 8 if arr.dtype == np.uint8 else 16
+    return _assemble(arr, alpha, depth, grayscale, icc, exif, orientation, fmt, label)
+
+
+def _has_transparency(im: Image.Image) -> bool:
+    if hasattr(im, "has_transparency_data"):  # Pillow >= 10.1
+        return bool(im.has_transparency_data)
+    return im.mode == "PA" or "transparency" in im.info or getattr(im.palette, "mode", "") == "RGBA"
+
+
+def _key_alpha(arr: np.ndarray, key: object) -> np.ndarray | None:
+    """Alpha from a single transparent colour (PNG tRNS on grey/RGB images)."""
+    key_t = (key,) if isinstance(key, int) else key
+    if not isinstance(key_t, tuple) or len(key_t) != arr.shape[2]:
+        return None
+    hit = np.all(arr == np.asarray(key_t, dtype=arr.dtype), axis=2)
+    return np.where(hit, 0, np.iinfo(arr.dtype).max).astype(arr.dtype)
+
+
+def _srgb() -> ImageCms.ImageCmsProfile:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+def _cmyk_to_rgb(im: Image.Image, icc: bytes | None) -> Image.Image:
+    """Through the embedded profile when there is a usable one, else Pillow's naive formula."""
+    if icc and _icc_space(icc) == b"CMYK":
+        try:
+            return ImageCms.profileToProfile(
+                im,
+                ImageCms.ImageCmsProfile(io.BytesIO(icc)),
+                _srgb(),
+                renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC,
+                outputMode="RGB",
+                flags=ImageCms.Flags.BLACKPOINTCOMPENSATION,
+            )
+        except (ImageCms.PyCMSError, OSError, ValueError):
+            pass  # a broken profile should not cost the user the photo
+    return im.convert("RGB")
+
+
+def _read_png16(data: bytes, label: str) -> Picture:
+    try:
+        png = _png.decode(data)
+    except _png.PngUnsupportedError as exc:
+        raise InputError(f"{label}: unsupported PNG ({exc}); re-save it as 8- or 16-bit RGB") from None
+    except _png.PngError as exc:
+        raise _corrupt(label, exc) from None
+    arr = png.pixels
+    channels = arr.shape[2]
+    alpha = None
+    if channels in (2, 4):
+        arr, alpha = arr[:, :, :-1], arr[:, :, -1]
+    elif png.transparent is not None:
+        alpha = _key_alpha(arr, png.transparent)
+    exif, orientation = _reset_orientation(png.exif)
+    return _assemble(arr, alpha, 16, channels <= 2, png.icc_profile, exif, orientation, "PNG", label)
+
+
+def _read_tiff_high_depth(data: bytes, label: str) -> Picture | None:
+    """Decode TIFFs with more than 8 bits per sample via tifffile; None means "let Pillow do it"."""
+    import tifffile
+
+    try:
+        tif = tifffile.TiffFile(io.BytesIO(data))
+    except Exception:  # noqa: BLE001 - Pillow gets its chance and reports the damage
+        return None
+    depth = 16
+    with tif:
+        try:
+            page = tif.pages[0]
+            depth = page.bitspersample
+            if depth <= 8 and page.sampleformat == 1:
+                return None
+            photometric = int(page.photometric)
+            if photometric not in (0, 1, 2):  # palette, CMYK, YCbCr, Lab: Pillow may manage at 8 bits
+                return _pillow_or(data, label, f"{depth}-bit TIFF in {page.photometric.name} colour")
+            _check_pixels(label, page.imagewidth, page.imagelength)
+            if page.compression not in _TIFF_STDLIB_COMPRESSION and not _has_imagecodecs():
+                raise _needs_imagecodecs(label, f"{depth}-bit TIFF with {page.compression.name} compression")
+            arr = page.asarray()
+            axes = page.axes
+            extras = tuple(int(e) for e in page.extrasamples)
+            icc_tag = page.tags.get(34675)
+            orient_tag = page.tags.get(274)
+        except InputError:
+            raise
+        except (tifffile.TiffFileError, *_DECODE_ERRORS, KeyError) as exc:
+            if "imagecodecs" in str(exc):
+                raise _needs_imagecodecs(label, f"{depth}-bit TIFF") from None
+            raise _corrupt(label, exc) from None
+
+    if axes == "YX":
+        arr = arr[:, :, None]
+    elif axes == "SYX":
+        arr = np.moveaxis(arr, 0, -1)
+    elif axes != "YXS":
+        raise InputError(f"{label}: TIFF layout {axes} is not supported; save a single 2-D image")
+    colour = 3 if photometric == 2 else 1
+    if arr.shape[2] < colour:
+        raise _corrupt(label, "fewer samples than the colour space needs")
+
+    values = _to_unit(arr)
+    if photometric == 0:  # min-is-white
+        values[:, :, :colour] = 1.0 - values[:, :, :colour]
+    alpha = None
+    if extras and extras[0] in (1, 2) and arr.shape[2] > colour:
+        alpha = values[:, :, colour]
+        if extras[0] == 1:  # associated alpha: undo the premultiplication
+            safe = np.where(alpha > 0, alpha, 1.0)[:, :, None]
+            values[:, :, :colour] = np.clip(values[:, :, :colour] / safe, 0.0, 1.0)
+    values = values[:, :, :colour]
+
+    icc = icc_tag.value if icc_tag is not None and isinstance(icc_tag.value, bytes) else None
+    orientation = int(orient_tag.value) if orient_tag is not None else 1
+    exif = None
+    try:
+        with Image.open(io.BytesIO(data), formats=["TIFF"]) as im:
+            exif, _ = _tiff_exif(im)
+    except Exception:  # noqa: BLE001 - metadata is optional; pixels are already decoded
+        exif = None
+    return _assemble(values, alpha, 16, colour == 1, icc, exif, orientation, "TIFF", label)
+
+
+def _needs_imagecodecs(label: str, what: str) -> InputError:
+    return InputError(f"{label}: {what}; install imagecodecs to read LZW/JPEG-compressed 16-bit TIFF")
+
+
+def _pillow_or(data: bytes, label: str, what: str) -> Picture:
+    """Let Pillow try a layout tifffile-based reading does not cover; say so if it fails too."""
+    try:
+        return _decode_pillow(data, label)
+    except InputError:
+        raise InputError(f"{label}: {what} is not supported; convert it to 16-bit RGB or grayscale") from None
+
+
+def _has_imagecodecs() -> bool:
+    try:
+        import imagecodecs  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _to_unit(arr: np.ndarray) -> np.ndarray:
+    """Any integer or float sample array as float32 in [0, 1]."""
+    if arr.dtype == np.bool_:
+        return arr.astype(np.float32)
+    if arr.dtype.kind in "ui":
+        info = np.iinfo(arr.dtype)
+        out = arr.astype(np.float32) / np.float32(info.max)
+        return np.clip(out, 0.0, 1.0) if info.min < 0 else out
+    out = np.nan_to_num(arr.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    return np.clip(out, 0.0, 1.0)
+
+
+def _assemble(
+    arr: np.ndarray,
+    alpha: np.ndarray | None,
+    bit_depth: int,
+    grayscale: bool,
+    icc: bytes | None,
+    exif: bytes | None,
+    orientation: int,
+    fmt: str,
+    label: str,
+) -> Picture:
+    values = _to_unit(arr)
+    if alpha is not None:
+        alpha = _to_unit(alpha)
+    values = _orient(values, orientation)
+    if alpha is not None:
+        alpha = np.ascontiguousarray(_orient(alpha, orientation))
+    if grayscale:
+        rgb = np.repeat(values[:, :, :1], 3, axis=2)
+    else:
+        rgb = np.ascontiguousarray(values[:, :, :3])
+    wanted = b"GRAY" if grayscale else b"RGB "
+    if icc is not None and _icc_space(icc) != wanted:
+        icc = None
+    return Picture(rgb, alpha, 16 if bit_depth > 8 else 8, grayscale, icc, exif, fmt, label)
+
+
+def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (1-8) so the pixels display upright, as Pillow's exif_transpose."""
+    if orientation == 2:
+        return arr[:, ::-1]
+    if orientation == 3:
+        return arr[::-1, ::-1]
+    if orientation == 4:
+        return arr[::-1]
+    if orientation == 5:
+        return arr.swapaxes(0, 1)
+    if orientation == 6:
+        return np.rot90(arr, -1)
+    if orientation == 7:
+        return arr.swapaxes(0, 1)[::-1, ::-1]
+    if orientation == 8:
+        return np.rot90(arr, 1)
+    return arr
+
+
+def _icc_space(icc: bytes) -> bytes | None:
+    """The profile's data colour space signature ("RGB ", "GRAY", "CMYK", ...)."""
+    return icc[16:20] if len(icc) >= 128 else None
+
+
+# --------------------------------------------------------------------------------------------
+# EXIF
+
+
+def _reset_orientation(raw: bytes | None) -> tuple[bytes | None, int]:
+    """Return ("Exif\\0\\0"-prefixed EXIF with Orientation = 1, the original orientation).
+
+    The EXIF is patched in place so everything else (maker notes included) stays byte-identical;
+    Pillow's re-serialisation is only the fallback for odd layouts.
+    """
+    if not raw:
+        return None, 1
+    body = raw[6:] if raw.startswith(b"Exif\x00\x00") else raw
+    try:
+        patched, orientation = _patch_exif(body)
+    except (struct.error, ValueError):
+        return _reset_orientation_pillow(body)
+    return b"Exif\x00\x00" + patched, orientation if 1 <= orientation <= 8 else 1
+
+
+def _patch_exif(body: bytes) -> tuple[bytes, int]:
+    """Set Orientation to 1 and unlink IFD1, whose thumbnail shows the un-enhanced photo."""
+    order = {b"II": "<", b"MM": ">"}.get(body[:2])
+    if order is None:
+        raise ValueError("not TIFF-structured EXIF")
+    magic, ifd = struct.unpack(order + "HI", body[2:8])
+    if magic != 42:
+        raise ValueError("bad EXIF magic")
+    (count,) = struct.unpack(order + "H", body[ifd : ifd + 2])
+    fixed = bytearray(body)
+    orientation = 1
+    for i in range(count):
+        entry = ifd + 2 + 12 * i
+        tag, kind, n = struct.unpack(order + "HHI", body[entry : entry + 8])
+        if tag == _ORIENTATION:
+            if kind != 3 or n != 1:
+                raise ValueError("unusual Orientation entry")
+            (orientation,) = struct.unpack(order + "H", body[entry + 8 : entry + 10])
+            fixed[entry + 8 : entry + 10] = struct.pack(order + "H", 1)
+    link = ifd + 2 + 12 * count
+    struct.unpack(order + "I", body[link : link + 4])  # raises if IFD0 is cut short
+    fixed[link : link + 4] = bytes(4)
+    return bytes(fixed), orientation
+
+
+def _reset_orientation_pillow(body: bytes) -> tuple[bytes | None, int]:
+    try:
+        exif = Image.Exif()
+        exif.load(body)
+        orientation = int(exif.get(_ORIENTATION, 1))
+        if _ORIENTATION in exif:
+            exif[_ORIENTATION] = 1
+        return exif.tobytes(), orientation if 1 <= orientation <= 8 else 1
+    except Exception:  # noqa: BLE001 - unparseable EXIF is dropped rather than fail the photo
+        return None, 1
+
+
+def _descriptive_exif(exif: Image.Exif) -> Image.Exif | None:
+    """Keep only tags about the photo (camera, dates, exposure, GPS), none about file layout.
+
+    A TIFF's IFD0 doubles as its EXIF; copying strip offsets or sizes into another file is wrong.
+    """
+    kept = Image.Exif()
+    for tag in _DESCRIPTIVE_TAGS:
+        if tag in exif:
+            kept[tag] = exif[tag]
+    for tag in _SUB_IFDS:
+        sub = exif.get_ifd(tag)
+        if sub:
+            kept[tag] = dict(sub)
+    if _ORIENTATION in kept:
+        kept[_ORIENTATION] = 1
+    return kept if len(kept) else None
+
+
+def _tiff_exif(im: Image.Image) -> tuple[bytes | None, int]:
+    try:
+        exif = im.getexif()
+        orientation = int(exif.get(_ORIENTATION, 1))
+        kept = _descriptive_exif(exif)
+        return (kept.tobytes() if kept is not None else None), orientation if 1 <= orientation <= 8 else 1
+    except Exception:  # noqa: BLE001 - metadata is optional
+        return None, 1
+
+
+# --------------------------------------------------------------------------------------------
+# Encoding
+
+
+def _normalise_format(fmt: str) -> str:
+    name = fmt.strip().upper().lstrip(".")
+    name = _FORMAT_ALIASES.get(name, name)
+    if name not in FORMATS:
+        raise UsageError(f"unsupported output format {fmt!r}; use one of {', '.join(FORMATS)}")
+    return name
+
+
+def encode_image(pic: Picture, fmt: str, *, quality: int = 95, bit_depth: int | None = None) -> bytes:
+    """Encode for writing: PNG/TIFF keep 16 bits when the source had them, metadata is embedded.
+
+    JPEG and BMP cannot hold alpha, so it is dropped (not composited): flatten first if you want a
+    background. WebP has no grey mode, so grey sources become neutral RGB there.
+    """
+    fmt = _normalise_format(fmt)
+    if not 1 <= quality <= 100:
+        raise UsageError(f"JPEG/WebP quality must be between 1 and 100, not {quality}")
+    if bit_depth is None:
+        depth = (16 if pic.bit_depth > 8 else 8) if fmt in _HIGH_DEPTH else 8
+    elif bit_depth not in (8, 16):
+        raise UsageError(f"bit depth must be 8 or 16, not {bit_depth}")
+    elif bit_depth == 16 and fmt not in _HIGH_DEPTH:
+        raise UsageError(f"{fmt} holds 8 bits per channel; write PNG or TIFF for 16-bit output")
+    else:
+        depth = bit_depth
+
+    rgb = np.asarray(pic.rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise InputError(f"{pic.source}: expected an (H, W, 3) image, got shape {rgb.shape}")
+    if not np.isfinite(rgb).all():
+        raise InputError(f"{pic.source}: the model produced non-finite values; nothing was written")
+    alpha = pic.alpha if fmt in ("PNG", "TIFF", "WEBP") else None
+    if alpha is not None:
+        alpha = np.asarray(alpha)
+        if alpha.shape != rgb.shape[:2]:
+            raise InputError(f"{pic.source}: alpha is {alpha.shape} but the image is {rgb.shape[:2]}")
+        if not np.isfinite(alpha).all():
+            raise InputError(f"{pic.source}: the alpha channel has non-finite values; nothing was written")
+
+    if pic.grayscale:
+        gray = (rgb @ _LUMA)[:, :, None]
+        colour = np.repeat(gray, 3, axis=2) if fmt == "WEBP" else gray
+    else:
+        colour = rgb
+    planes = colour if alpha is None else np.concatenate([colour, alpha[:, :, None]], axis=2)
+    pix = _quantise(planes, depth)
+
+    gray_out = pix.shape[2] in (1, 2)
+    icc = pic.icc_profile
+    if icc is not None and _icc_space(icc) != (b"GRAY" if gray_out else b"RGB "):
+        icc = None
+    exif = pic.exif if fmt != "BMP" else None
+
+    if depth == 16:
+        if fmt == "PNG":
+            return _png.encode(pix, icc_profile=icc, exif=exif)
+        return _encode_tiff16(pix, icc, exif)
+    return _encode_pillow(pix, fmt, quality, icc, exif)
+
+
+def _quantise(values: np.ndarray, depth: int) -> np.ndarray:
+    """Round (not truncate) to the nearest code value, so read -> write is lossless."""
+    top = 65535 if depth == 16 else 255
+    scaled = np.clip(values, 0.0, 1.0) * np.float32(top)
+    return np.rint(scaled).astype(np.uint16 if depth == 16 else np.uint8)
+
+
+def _encode_pillow(pix: np.ndarray, fmt: str, quality: int, icc: bytes | None, exif: bytes | None) -> bytes:
+    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[pix.shape[2]]
+    h, w = pix.shape[:2]
+    im = Image.frombytes(mode, (w, h), np.ascontiguousarray(pix).tobytes())
+    kwargs: dict[str, object] = {}
+    if icc is not None and fmt != "BMP":
+        kwargs["icc_profile"] = icc
+    if exif is not None:
+        if fmt == "TIFF":
+            kept = _exif_for_tiff(exif)
+            if kept is not None:
+                kwargs["exif"] = kept.tobytes()
+        elif fmt != "JPEG" or len(exif) <= _JPEG_MAX_EXIF:
+            kwargs["exif"] = exif
+    if fmt == "JPEG":
+        kwargs.update(quality=quality, subsampling=0 if quality >= 90 else 2, optimize=False)
+    elif fmt == "WEBP":
+        kwargs.update(quality=quality)
+    elif fmt == "PNG":
+        kwargs.update(compress_level=6, optimize=False)
+    # TIFF: Pillow's own writer (uncompressed) is the one that also writes the EXIF sub-IFD.
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def _exif_for_tiff(exif: bytes) -> Image.Exif | None:
+    try:
+        parsed = Image.Exif()
+        parsed.load(exif[6:] if exif.startswith(b"Exif\x00\x00") else exif)
+        return _descriptive_exif(parsed)
+    except Exception:  # noqa: BLE001 - metadata is optional
+        return None
+
+
+def _encode_tiff16(pix: np.ndarray, icc: bytes | None, exif: bytes | None) -> bytes:
+    """tifffile writes 16-bit TIFF (deflate + horizontal predictor, no imagecodecs needed).
+
+    It cannot write an EXIF sub-IFD, so only the camera/date/author tags travel, in IFD0.
+    """
+    import tifffile
+
+    channels = pix.shape[2]
+    extratags = []
+    parsed = _exif_for_tiff(exif) if exif else None
+    if parsed is not None:
+        for tag in (0x010F, 0x0110, 0x0132, 0x013B, 0x8298):
+            value = parsed.get(tag)
+            if isinstance(value, str) and value.isascii():
+                extratags.append((tag, "s", 0, value, True))
+    buf = io.BytesIO()
+    tifffile.imwrite(
+        buf,
+        pix[:, :, 0] if channels == 1 else pix,
+        photometric="rgb" if channels >= 3 else "minisblack",
+        planarconfig="contig" if channels > 1 else None,
+        extrasamples=("unassalpha",) if channels in (2, 4) else None,
+        compression="zlib",
+        predictor=True,
+        iccprofile=icc,
+        metadata=None,
+        software="lle-cli",
+        extratags=extratags,
+    )
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, overwrite: bool = False) -> None:
+    """Write ``data`` so that ``path`` is either untouched or complete, never half-written.
+
+    The bytes go to a temporary file in the same directory, are fsynced, then linked (no
+    overwrite: fails if someone created ``path`` meanwhile) or renamed (overwrite) into place.
+    """
+    target = Path(path)
+    parent = target.parent
+    if not parent.is_dir():
+        raise InputError(f"{parent}: output directory does not exist; create it first")
+    if target.is_dir():
+        raise InputError(f"{target}: is a directory; give a file name for the output")
+    if not overwrite and os.path.lexists(target):
+        raise _exists(target)
+
+    tmp, fd = _create_temp(parent, target.name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, target)
+        else:
+            _link_no_clobber(tmp, target)
+    except FileExistsError:
+        _unlink_quietly(tmp)
+        raise _exists(target) from None
+    except OSError as exc:
+        _unlink_quietly(tmp)
+        reason = exc.strerror or exc
+        raise InputError(f"{target}: could not be written ({reason}); check free space and permissions") from None
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    _fsync_dir(parent)
+
+
+def _exists(target: Path) -> OutputExistsError:
+    return OutputExistsError(f"{target}: already exists; pass --overwrite to replace it or choose another -o")
+
+
+def _create_temp(parent: Path, name: str) -> tuple[Path, int]:
+    """An exclusive, umask-respecting temporary file next to the target."""
+    for _ in range(100):
+        tmp = parent / f".{name}.{secrets.token_hex(4)}.part"
+        try:
+            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        except FileExistsError:
+            continue
+        except PermissionError:
+            raise InputError(f"{parent}: permission denied; cannot write output there") from None
+        except OSError as exc:
+            raise InputError(f"{parent}: cannot create the output there ({exc.strerror or exc})") from None
+    raise InputError(f"{parent}: cannot create a temporary file there")
+
+
+def _link_no_clobber(tmp: Path, target: Path) -> None:
+    """Hard-link into place (atomic, never replaces); fall back to rename where links are absent."""
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
+            raise
+        if os.path.lexists(target):
+            raise FileExistsError(errno.EEXIST, "exists", str(target)) from None
+        os.replace(tmp, target)
+        return
+    _unlink_quietly(tmp)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable; not possible everywhere, so best effort."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

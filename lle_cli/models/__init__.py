@@ -1,0 +1,94 @@
+"""Model families: one module each; this table is how the registry builds them.
+
+A family spec is the descriptor shared by every model of the family: how to build it from the
+manifest's architecture config, and what the runner must know to feed it (size multiple, minimum
+size, supported precisions).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import WeightsError
+from .illumination_unet import IlluminationUNet, IlluminationUNetConfig
+from .zero_dce import ZeroDCE, ZeroDCEConfig
+
+__all__ = ["FamilySpec", "FAMILIES", "build_model", "detect_family", "load_state_strict"]
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    name: str
+    config_cls: type
+    model_cls: type[nn.Module]
+    description: str
+    multiple_of: int = 1  # input H and W must be multiples of this
+    min_size: int = 1  # smallest H or W the network accepts
+    signature_keys: frozenset[str] = frozenset()  # keys that identify a checkpoint of this family
+
+    def make_config(self, arch: Mapping[str, Any] | None) -> Any:
+        arch = dict(arch or {})
+        known = {f.name for f in dataclasses.fields(self.config_cls)}
+        unknown = set(arch) - known
+        if unknown:
+            raise WeightsError(f"unknown architecture keys for {self.name}: {sorted(unknown)}")
+        for k, v in arch.items():  # JSON has lists where the dataclasses use tuples
+            if isinstance(v, list):
+                arch[k] = tuple(v)
+        return self.config_cls(**arch)
+
+
+FAMILIES: dict[str, FamilySpec] = {
+    "illumination_unet": FamilySpec(
+        name="illumination_unet",
+        config_cls=IlluminationUNetConfig,
+        model_cls=IlluminationUNet,
+        description="CLIP-LIT/RAVE illumination UNet: enhanced = clamp(x / L(x), 0, 1)",
+        min_size=2,  # reflect padding of a 3x3 convolution needs at least 2 pixels
+        signature_keys=frozenset({"cond1.weight", "cond_add1.weight", "PPM1.fuse.0.weight"}),
+    ),
+    "zero_dce": FamilySpec(
+        name="zero_dce",
+        config_cls=ZeroDCEConfig,
+        model_cls=ZeroDCE,
+        description="Zero-DCE curve-estimation network (8 quadratic curve iterations)",
+        signature_keys=frozenset({"e_conv1.weight", "e_conv7.weight"}),
+    ),
+}
+
+
+def build_model(family: str, arch: Mapping[str, Any] | None = None) -> nn.Module:
+    spec = FAMILIES[family]
+    return spec.model_cls(spec.make_config(arch))
+
+
+def detect_family(state: Mapping[str, torch.Tensor]) -> str | None:
+    """Recognise a family from a state dict's key names (after ``module.`` is stripped)."""
+    for spec in FAMILIES.values():
+        if spec.signature_keys <= state.keys():
+            return spec.name
+    return None
+
+
+def load_state_strict(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:
+    """Load weights, turning missing/unexpected keys or wrong shapes into one clear error."""
+    own = model.state_dict()
+    missing = sorted(own.keys() - state.keys())
+    unexpected = sorted(state.keys() - own.keys())
+    wrong = sorted(k for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys (e.g. {unexpected[0]})")
+        if wrong:
+            parts.append(f"wrong shape for {wrong[0]}: {tuple(state[wrong[0]].shape)} vs {tuple(own[wrong[0]].shape)}")
+        raise WeightsError(f"{source}: weights do not fit the architecture: {'; '.join(parts)}")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)

@@ -1,0 +1,103 @@
+"""Illumination UNet of CLIP-LIT (ICCV'23), reused by RAVE (ECCV'24) and CLIP-LIT-Latent.
+
+The network predicts a one-channel illumination map ``L`` and the enhanced image is the Retinex-style
+division ``clamp(x / L, 0, 1)``. Parameter names match the upstream ``UNet_emb_oneBranch_symmetry``
+so the authors' checkpoints load after stripping ``module.``.
+
+Padding follows the official code exactly (see shared/golden/NOTES.md): the four outer convolutions
+use ``outer_padding`` (reflect in CLIP-LIT and in RAVE's inference), residual-block convolutions are
+always reflect-padded, and the pyramid-pooling fuse convolution is zero-padded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["IlluminationUNetConfig", "IlluminationUNet", "divide_by_illumination"]
+
+
+@dataclass(frozen=True)
+class IlluminationUNetConfig:
+    """Architecture; the defaults are the published CLIP-LIT / RAVE model (278,790 parameters)."""
+
+    in_channels: int = 3
+    width: int = 32
+    pool_bins: tuple[int, ...] = (1, 2, 3, 6)
+    pool_reduction: int = 8
+    outer_padding: Literal["reflect", "zeros"] = "reflect"
+
+
+def divide_by_illumination(x: torch.Tensor, light: torch.Tensor) -> torch.Tensor:
+    """``clamp(x / L, 0, 1)`` as in both official repositories.
+
+    Where ``L`` is exactly 0 the division gives inf (or NaN for 0/0) and the clamp turns it into 1
+    (NaN into 0 via ``nan_to_num``), so no non-finite value ever leaves the model.
+    """
+    return torch.nan_to_num(torch.clamp(x / light, 0.0, 1.0), nan=0.0)
+
+
+class _ResidualBlock(nn.Module):
+    """Two reflect-padded 3x3 convolutions (no bias) with LeakyReLU(0.2) and an identity skip."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False, padding_mode="reflect")
+        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False, padding_mode="reflect")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv2(F.leaky_relu(self.conv1(x), 0.2))
+        return F.leaky_relu(out + x, 0.2)
+
+
+class _PyramidPooling(nn.Module):
+    """PSPNet-style pyramid pooling: pooled 1x1-conv branches, bilinear up (align_corners), fuse."""
+
+    def __init__(self, channels: int, reduction: int, bins: tuple[int, ...]) -> None:
+        super().__init__()
+        self.features = nn.ModuleList(
+            nn.Sequential(nn.AdaptiveAvgPool2d(b), nn.Conv2d(channels, reduction, 1, bias=False), nn.PReLU())
+            for b in bins
+        )
+        self.fuse = nn.Sequential(
+            nn.Conv2d(channels + reduction * len(bins), channels, 3, padding=1, bias=False), nn.PReLU()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        branches = [F.interpolate(f(x), size, mode="bilinear", align_corners=True) for f in self.features]
+        return self.fuse(torch.cat([x, *branches], 1))
+
+
+class IlluminationUNet(nn.Module):
+    """``forward`` returns the enhanced image; ``illumination`` returns the map ``L``."""
+
+    def __init__(self, config: IlluminationUNetConfig | None = None) -> None:
+        super().__init__()
+        self.config = cfg = config or IlluminationUNetConfig()
+        w, pm = cfg.width, cfg.outer_padding
+        self.cond1 = nn.Conv2d(cfg.in_channels, w, 3, 1, 1, bias=True, padding_mode=pm)
+        self.cond_add1 = nn.Conv2d(w, 1, 3, 1, 1, bias=True, padding_mode=pm)
+        self.condx = nn.Conv2d(w, 2 * w, 3, 1, 1, bias=True, padding_mode=pm)
+        self.condy = nn.Conv2d(2 * w, w, 3, 1, 1, bias=True, padding_mode=pm)
+        self.ResidualBlock1 = _ResidualBlock(w)
+        self.ResidualBlock2 = _ResidualBlock(w)
+        self.ResidualBlock3 = _ResidualBlock(2 * w)
+        self.ResidualBlock4 = _ResidualBlock(2 * w)
+        self.ResidualBlock5 = _ResidualBlock(w)
+        self.ResidualBlock6 = _ResidualBlock(w)
+        self.PPM1 = _PyramidPooling(w, cfg.pool_reduction, cfg.pool_bins)
+
+    def illumination(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.ResidualBlock2(self.ResidualBlock1(F.leaky_relu(self.cond1(x), 0.2)))
+        h = self.condx(self.PPM1(h))
+        h = self.condy(self.ResidualBlock4(self.ResidualBlock3(h)))
+        h = self.ResidualBlock6(self.ResidualBlock5(h))
+        return torch.relu(self.cond_add1(h))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return divide_by_illumination(x, self.illumination(x))

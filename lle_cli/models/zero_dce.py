@@ -1,0 +1,81 @@
+"""Zero-DCE curve-estimation network (Guo et al., CVPR 2020), as used by SCL-LLE (AAAI'22).
+
+Seven 3x3 convolutions with symmetric skip concatenations predict ``n_iter`` per-pixel RGB curve
+parameters ``alpha_k`` in [-1, 1]; the image is then refined ``n_iter`` times with the quadratic
+light-enhancement curve ``LE(x) = x + alpha * (x^2 - x)`` (Zero-DCE eq. 2, applied iteratively as in
+eq. 4). Key names follow the upstream ``enhance_net_nopool`` so the authors' checkpoints load as-is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["ZeroDCEConfig", "ZeroDCE", "apply_curves"]
+
+
+@dataclass(frozen=True)
+class ZeroDCEConfig:
+    """Architecture of the curve network; defaults are the published Zero-DCE / SCL-LLE model."""
+
+    width: int = 32
+    iterations: int = 8
+
+
+def apply_curves(x: torch.Tensor, alphas: torch.Tensor, *, keep_every: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply the iterated quadratic curve ``x <- x + a_k (x^2 - x)`` for each 3-channel ``a_k``.
+
+    Returns ``(final, intermediate)`` where ``intermediate`` is the image after ``keep_every``
+    iterations (the upstream ``enhance_image_1`` uses 4), or ``final`` when ``keep_every`` is 0.
+    The result is not clamped, exactly like the official code.
+    """
+    n = alphas.shape[1] // 3
+    mid = x
+    for k in range(n):
+        a = alphas[:, 3 * k : 3 * k + 3]
+        x = x + a * (x * x - x)
+        if k + 1 == keep_every:
+            mid = x
+    return x, (mid if keep_every else x)
+
+
+class ZeroDCE(nn.Module):
+    """Curve-estimation network (``DCE-Net``); ``forward`` returns the enhanced image."""
+
+    def __init__(self, config: ZeroDCEConfig | None = None) -> None:
+        super().__init__()
+        self.config = cfg = config or ZeroDCEConfig()
+        w = cfg.width
+
+        def conv(cin: int, cout: int) -> nn.Conv2d:
+            return nn.Conv2d(cin, cout, 3, 1, 1, bias=True)
+
+        self.e_conv1 = conv(3, w)
+        self.e_conv2 = conv(w, w)
+        self.e_conv3 = conv(w, w)
+        self.e_conv4 = conv(w, w)
+        self.e_conv5 = conv(2 * w, w)
+        self.e_conv6 = conv(2 * w, w)
+        self.e_conv7 = conv(2 * w, 3 * cfg.iterations)
+
+    def curve_parameters(self, x: torch.Tensor) -> torch.Tensor:
+        """The ``3 * iterations`` curve maps ``A`` (tanh output), shape (B, 3n, H, W)."""
+        relu = torch.relu
+        x1 = relu(self.e_conv1(x))
+        x2 = relu(self.e_conv2(x1))
+        x3 = relu(self.e_conv3(x2))
+        x4 = relu(self.e_conv4(x3))
+        x5 = relu(self.e_conv5(torch.cat([x3, x4], 1)))
+        x6 = relu(self.e_conv6(torch.cat([x2, x5], 1)))
+        return torch.tanh(self.e_conv7(torch.cat([x1, x6], 1)))
+
+    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(enhanced after half the iterations, enhanced, curve maps)`` like upstream's forward."""
+        r = self.curve_parameters(x)
+        final, mid = apply_curves(x, r, keep_every=self.config.iterations // 2)
+        return mid, final, r
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return apply_curves(x, self.curve_parameters(x))[0]

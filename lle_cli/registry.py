@@ -1,0 +1,165 @@
+"""The model registry: ``weights_manifest.json`` is the single source of truth.
+
+A model name is ``family-name.tag`` (``rave.unpaired``); a bare name (``rave``) is an alias for
+its recommended tag. The manifest is validated when loaded so a broken entry fails loudly, once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .errors import LLEError, ModelNotFoundError
+from .models import FAMILIES
+
+__all__ = ["HubSource", "UpstreamSource", "ModelEntry", "Registry", "get_registry"]
+
+TASKS = {"low-light", "backlit"}
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """Our safetensors on the Hugging Face hub; ``sha256`` is of that exact file."""
+
+    repo_id: str
+    filename: str
+    sha256: str
+    revision: str | None = None
+
+
+@dataclass(frozen=True)
+class UpstreamSource:
+    """The authors' original checkpoint; ``sha256`` is of the original file."""
+
+    url: str
+    sha256: str
+    filename: str
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    family: str
+    task: str
+    title: str
+    paper: str
+    license: str
+    training_data: str
+    parameters: int
+    architecture: dict[str, Any] = field(default_factory=dict)
+    hub: HubSource | None = None
+    upstream: UpstreamSource | None = None
+    embedded: str | None = None  # path inside the package
+    embedded_sha256: str | None = None
+    training: dict[str, Any] | None = None
+    notes: str = ""
+
+    @property
+    def known_sha256(self) -> set[str]:
+        """Every checksum under which a file may stand for this model."""
+        out = {s for s in (self.embedded_sha256,) if s}
+        if self.hub:
+            out.add(self.hub.sha256)
+        if self.upstream:
+            out.add(self.upstream.sha256)
+        return out
+
+
+class ManifestError(LLEError):
+    """The packaged manifest is broken: a bug in lle, not in the user's input."""
+
+
+def _entry(name: str, raw: dict[str, Any]) -> ModelEntry:
+    def need(key: str) -> Any:
+        if key not in raw:
+            raise ManifestError(f"weights_manifest.json: model {name!r} lacks {key!r}")
+        return raw[key]
+
+    family = need("family")
+    if family not in FAMILIES:
+        raise ManifestError(f"weights_manifest.json: model {name!r} has unknown family {family!r}")
+    if need("task") not in TASKS:
+        raise ManifestError(f"weights_manifest.json: model {name!r} has task {raw['task']!r}, not one of {sorted(TASKS)}")
+    arch = dict(raw.get("architecture") or {})
+    FAMILIES[family].make_config(arch)  # rejects unknown keys now rather than at load time
+    src = raw.get("sources") or {}
+    hub = HubSource(**src["hub"]) if "hub" in src else None
+    up = UpstreamSource(**src["upstream"]) if "upstream" in src else None
+    emb = src.get("embedded") or {}
+    if not (hub or up or emb):
+        raise ManifestError(f"weights_manifest.json: model {name!r} has no weight source")
+    return ModelEntry(
+        name=name,
+        family=family,
+        task=raw["task"],
+        title=need("title"),
+        paper=need("paper"),
+        license=need("license"),
+        training_data=need("training_data"),
+        parameters=int(need("parameters")),
+        architecture=arch,
+        hub=hub,
+        upstream=up,
+        embedded=emb.get("path"),
+        embedded_sha256=emb.get("sha256"),
+        training=raw.get("training"),
+        notes=raw.get("notes", ""),
+    )
+
+
+class Registry:
+    def __init__(self, manifest: dict[str, Any]) -> None:
+        self.models: dict[str, ModelEntry] = {n: _entry(n, r) for n, r in manifest.get("models", {}).items()}
+        self.aliases: dict[str, str] = dict(manifest.get("aliases", {}))
+        self.default: str = manifest.get("default", "")
+        for alias, target in [*self.aliases.items(), ("default", self.default)]:
+            if target not in self.models:
+                raise ManifestError(f"weights_manifest.json: {alias!r} points to unknown model {target!r}")
+
+    @classmethod
+    def from_file(cls, path: Path) -> Registry:
+        try:
+            return cls(json.loads(Path(path).read_text()))
+        except (OSError, ValueError) as e:
+            raise ManifestError(f"{path}: cannot read the weights manifest ({e})") from e
+
+    def names(self) -> list[str]:
+        return sorted(self.models)
+
+    def resolve(self, name: str | None) -> ModelEntry:
+        """Entry for a full name or alias; unknown names raise with the closest matches."""
+        if not name:
+            return self.models[self.default]
+        key = name.strip().lower().replace("_", "-")
+        key = self.aliases.get(key, key)
+        if key in self.models:
+            return self.models[key]
+        choices = [*self.models, *self.aliases]
+        close = difflib.get_close_matches(key, choices, n=4, cutoff=0.5)
+        close += [c for c in choices if key and key in c and c not in close][: 4 - len(close)]
+        hint = f"did you mean {', '.join(close)}?" if close else "see `lle models list`"
+        raise ModelNotFoundError(f"unknown model {name!r}; {hint}")
+
+    def by_sha256(self, digest: str) -> ModelEntry | None:
+        for entry in self.models.values():
+            if digest in entry.known_sha256:
+                return entry
+        return None
+
+
+def manifest_path() -> Path:
+    """The packaged manifest; in a source checkout, the top-level file it is built from."""
+    packaged = resources.files("lle_cli") / "weights_manifest.json"
+    if packaged.is_file():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "weights_manifest.json"
+
+
+@lru_cache(maxsize=1)
+def get_registry() -> Registry:
+    return Registry.from_file(manifest_path())

@@ -1,0 +1,1 @@
+"""Training loops for the model families lle can train."""

@@ -1,0 +1,96 @@
+"""Reading, verifying and writing weight files.
+
+We write safetensors only. Upstream pickles are read with ``weights_only=True`` and only when
+importing an authors' checkpoint; every file is checked against its sha256 before use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import ChecksumError, WeightsError
+
+__all__ = [
+    "sha256_file",
+    "verify_sha256",
+    "save_safetensors",
+    "load_safetensors",
+    "load_upstream_checkpoint",
+    "clean_state_dict",
+]
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_sha256(path: Path, expected: str | None, *, what: str = "weights") -> str:
+    """Return the file's sha256; raise ``ChecksumError`` if it differs from ``expected``."""
+    actual = sha256_file(path)
+    if expected and actual != expected.lower():
+        raise ChecksumError(
+            f"{path}: sha256 {actual[:16]}... does not match the manifest's {expected[:16]}... for {what}; "
+            "the file is corrupt or a different version (re-download it, or pass --trust-unknown if you "
+            "know where it comes from)"
+        )
+    return actual
+
+
+def save_safetensors(state: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str] | None = None) -> None:
+    """Write atomically: a half-written weights file must never sit in the cache."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in state.items()}, tmp, metadata=dict(metadata or {}))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(f"{path}: not a readable safetensors file ({e}); re-download or re-import it") from e
+
+
+def clean_state_dict(obj: object) -> dict[str, torch.Tensor]:
+    """Unwrap ``{'state_dict': ...}``-style containers and strip DataParallel's ``module.`` prefix."""
+    for key in ("state_dict", "model", "params", "net"):
+        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
+            obj = obj[key]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError("the checkpoint holds no state dict of tensors")
+    return {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}
+
+
+def load_upstream_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """Load an authors' ``.pth``/``.pt`` pickle safely (``weights_only=True``) or a safetensors file."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return clean_state_dict(load_safetensors(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as e:
+        raise WeightsError(f"{path}: no such file") from e
+    except Exception as e:  # torch raises many types for a bad pickle; all mean the same to the user
+        raise WeightsError(
+            f"{path}: cannot be loaded as a weights-only PyTorch checkpoint ({type(e).__name__}); "
+            "lle never unpickles arbitrary objects, so convert it to a plain state dict first"
+        ) from e
+    return clean_state_dict(obj)

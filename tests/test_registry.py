@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lle_cli.errors import ModelNotFoundError
+from lle_cli.models import build_model
+from lle_cli.registry import ManifestError, Registry, get_registry, manifest_path
+
+
+def test_every_model_builds_with_its_declared_parameter_count() -> None:
+    reg = get_registry()
+    assert reg.default in reg.models
+    for entry in reg.models.values():
+        model = build_model(entry.family, entry.architecture)
+        assert sum(p.numel() for p in model.parameters()) == entry.parameters, entry.name
+        assert entry.hub or entry.upstream or entry.embedded
+
+
+def test_aliases_and_case_resolve() -> None:
+    reg = get_registry()
+    assert reg.resolve("rave").name == "rave.unpaired"
+    assert reg.resolve("RAVE.paired").name == "rave.paired"
+    assert reg.resolve("clip_lit.official").name == "clip-lit.official"
+    assert reg.resolve(None).name == reg.default
+
+
+def test_unknown_name_lists_close_matches() -> None:
+    with pytest.raises(ModelNotFoundError, match=r"did you mean .*rave") as e:
+        get_registry().resolve("rvae")
+    assert e.value.exit_code == 2
+
+
+def test_manifest_rejects_broken_entries() -> None:
+    raw = json.loads(manifest_path().read_text())
+    bad = json.loads(json.dumps(raw))
+    bad["models"]["rave.paired"]["family"] = "nope"
+    with pytest.raises(ManifestError, match="unknown family"):
+        Registry(bad)
+    bad = json.loads(json.dumps(raw))
+    bad["models"]["rave.paired"]["architecture"]["depth"] = 3
+    with pytest.raises(Exception, match="unknown architecture keys"):
+        Registry(bad)
+    bad = json.loads(json.dumps(raw))
+    bad["aliases"]["x"] = "missing.model"
+    with pytest.raises(ManifestError, match="unknown model"):
+        Registry(bad)
+
+
+def test_sha256_lookup_finds_the_upstream_file() -> None:
+    reg = get_registry()
+    e = reg.resolve("scl-lle")
+    assert reg.by_sha256(e.upstream.sha256) is e
+    assert reg.by_sha256("0" * 64) is None
