@@ -25,10 +25,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # benchmark the checkout this script sits in, installed or not
 
+from lle_cli.loading import embedded_path  # noqa: E402
 from lle_cli.models import FAMILIES, build_model, load_state_strict  # noqa: E402
 from lle_cli.registry import ModelEntry, get_registry  # noqa: E402
 from lle_cli.runner import LoadedModel  # noqa: E402
-from lle_cli.weights import load_upstream_checkpoint, sha256_file  # noqa: E402
+from lle_cli.weights import load_safetensors, load_upstream_checkpoint, sha256_file  # noqa: E402
 
 UPSTREAM_DIR = ROOT.parent / "shared" / "upstream" / "weights"
 DEFAULT_JSON = ROOT / "bench" / "results" / "enhance.json"
@@ -62,6 +63,10 @@ def load_for_bench(entry: ModelEntry) -> LoadedModel:
         if path.is_file() and sha256_file(path) == entry.upstream.sha256:
             load_state_strict(module, load_upstream_checkpoint(path), source=str(path))
             source = f"upstream {path.name}"
+    emb = embedded_path(entry)
+    if emb is not None and source == "random init":
+        load_state_strict(module, load_safetensors(emb), source=str(emb))
+        source = "embedded"
     module.eval()
     return LoadedModel(entry, module, torch.device("cpu"), torch.float32, source)
 

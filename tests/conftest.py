@@ -42,6 +42,11 @@ def lle_home(tmp_path_factory, monkeypatch) -> Path:
     """Every test gets its own empty cache: tests never touch the user's ~/.cache/lle."""
     home = tmp_path_factory.mktemp("lle_home")
     monkeypatch.setenv("LLE_HOME", str(home))
+    # never reach the real hub from a test: tests that exercise downloads serve them on 127.0.0.1
+    # and set their own HF_* variables
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("HF_HOME", str(home / "hf"))
     return home
 
 

@@ -1,0 +1,67 @@
+"""The default model shipped inside the wheel: present, verified, offline, and good enough."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lle_cli import api
+from lle_cli.cli.main import main
+from lle_cli.loading import embedded_path
+from lle_cli.metrics import psnr, ssim
+from lle_cli.registry import get_registry
+from lle_cli.weights import sha256_file
+
+from .conftest import shared_path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _lol_scores(model) -> tuple[float, float]:
+    """Mean PSNR / SSIM of the model's 8-bit output against the 15 LOL evaluation pairs."""
+    low = sorted(shared_path("data", "lol_eval15", "low").glob("*.png"))
+    assert len(low) == 15
+    ps, ss = [], []
+    for f in low:
+        x = np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) / 255
+        ref = np.asarray(Image.open(f.parent.parent / "high" / f.name).convert("RGB"))
+        y = np.round(model.enhance(x) * 255)
+        ps.append(psnr(y, ref))
+        ss.append(ssim(y, ref))
+    return float(np.mean(ps)), float(np.mean(ss))
+
+
+def test_default_model_is_embedded_and_verified() -> None:
+    entry = get_registry().resolve(None)
+    path = embedded_path(entry)
+    assert path is not None and path.stat().st_size < 1_000_000
+    assert sha256_file(path) == entry.embedded_sha256
+    model = api.load_model()  # empty cache (LLE_HOME is a fresh folder): no download, no import
+    assert model.weights_source == "embedded" and model.name == entry.name
+
+
+def test_quick_start_command_works_offline(tmp_path, capsys) -> None:
+    out = tmp_path / "enhanced.png"
+    assert main(["enhance", str(REPO / "examples" / "dark_street.png"), "-o", str(out), "-q"]) == 0
+    src = np.asarray(Image.open(REPO / "examples" / "dark_street.png"), dtype=float)
+    res = np.asarray(Image.open(out), dtype=float)
+    assert res.shape == src.shape and res.mean() > 2 * src.mean()  # it actually brightens
+
+
+@pytest.mark.parity
+def test_embedded_model_meets_the_official_zero_dce_quality_on_lol() -> None:
+    p, s = _lol_scores(api.load_model())
+    # the official Zero-DCE weights score 14.86 dB / 0.562 here with the same metrics
+    assert p >= 14.86 and s >= 0.562, (p, s)
+
+
+@pytest.mark.parity
+def test_metrics_reproduce_the_official_zero_dce_figures() -> None:
+    from lle_cli.loading import import_checkpoint
+
+    import_checkpoint(shared_path("upstream", "weights", "zero_dce.pth"))
+    p, s = _lol_scores(api.load_model("zero-dce.official"))
+    assert abs(p - 14.86) < 0.01 and abs(s - 0.562) < 0.001
