@@ -3,17 +3,38 @@
 ``$LLE_HOME`` wins; otherwise the platform's cache convention: ``$XDG_CACHE_HOME/lle`` (default
 ``~/.cache/lle``) on Linux, ``~/Library/Caches/lle`` on macOS, ``%LOCALAPPDATA%\\lle\\Cache`` on Windows.
 Models live in ``<home>/models/<name>.safetensors`` with a ``<name>.json`` record of where they came from.
+Partial downloads of the authors' files wait in ``<home>/downloads/`` (resumed on the next attempt), and
+``<home>/locks/`` holds one lock file per model so that concurrent ``lle`` processes take turns.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["lle_home", "models_dir", "cached_weights_path", "read_record", "write_record"]
+from .errors import DownloadError
+
+__all__ = [
+    "lle_home",
+    "models_dir",
+    "downloads_dir",
+    "cached_weights_path",
+    "partial_download_path",
+    "read_record",
+    "write_record",
+    "install_file",
+    "remove",
+    "lock",
+]
+
+LOCK_TIMEOUT_S = 900.0  # a download of the largest model over a slow link, with margin
 
 
 def lle_home() -> Path:
@@ -30,21 +51,81 @@ def models_dir() -> Path:
     return lle_home() / "models"
 
 
+def downloads_dir() -> Path:
+    return lle_home() / "downloads"
+
+
 def cached_weights_path(name: str) -> Path:
     return models_dir() / f"{name}.safetensors"
 
 
+def partial_download_path(name: str, filename: str) -> Path:
+    """Where an authors' file for ``name`` is downloaded to (and resumed from) before it is verified."""
+    return downloads_dir() / f"{name}--{filename}.part"
+
+
+def _record_path(name: str) -> Path:
+    return models_dir() / f"{name}.json"
+
+
 def read_record(name: str) -> dict[str, Any] | None:
-    p = models_dir() / f"{name}.json"
     try:
-        return json.loads(p.read_text())
+        return json.loads(_record_path(name).read_text())
     except (OSError, ValueError):
         return None
 
 
 def write_record(name: str, record: dict[str, Any]) -> None:
-    p = models_dir() / f"{name}.json"
+    p = _record_path(name)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_suffix(".json.part")
     tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, p)
+
+
+def install_file(src: Path, name: str) -> Path:
+    """Copy a verified file into the cache as ``name``'s weights, atomically (temporary file, rename)."""
+    out = cached_weights_path(name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def remove(name: str) -> list[Path]:
+    """Delete a model's cached weights, its record and any partial download; the paths removed."""
+    gone = []
+    partial = sorted(downloads_dir().glob(f"{name}--*")) if downloads_dir().is_dir() else []
+    for p in (cached_weights_path(name), _record_path(name), *partial):
+        if p.is_file():
+            p.unlink()
+            gone.append(p)
+    return gone
+
+
+@contextmanager
+def lock(name: str, timeout: float | None = None) -> Iterator[None]:
+    """Hold ``name``'s cache lock: one process at a time downloads or writes a model.
+
+    An OS-level lock (``flock``/``LockFileEx`` via ``filelock``), released by the kernel if the holder dies,
+    so a killed ``lle`` never leaves the cache locked.
+    """
+    from filelock import FileLock, Timeout
+
+    path = lle_home() / "locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wait = LOCK_TIMEOUT_S if timeout is None else timeout
+    try:
+        with FileLock(str(path), timeout=wait):
+            yield
+    except Timeout:
+        raise DownloadError(
+            f"another lle process has held the lock on {name} for {wait:.0f} s ({path}); "
+            "wait for it to finish, or stop it and try again"
+        ) from None

@@ -13,6 +13,8 @@ __all__ = [
     "ModelNotFoundError",
     "WeightsError",
     "ChecksumError",
+    "DownloadError",
+    "OfflineError",
     "OutputExistsError",
     "DeviceError",
 ]
@@ -52,3 +54,11 @@ class WeightsError(LLEError):
 
 class ChecksumError(WeightsError):
     """A weights file's sha256 does not match the manifest."""
+
+
+class DownloadError(WeightsError):
+    """Every download source of a model failed (network, server, missing file); nothing was cached."""
+
+
+class OfflineError(WeightsError):
+    """The weights are not on this machine and downloads are off (``--offline`` or ``HF_HUB_OFFLINE=1``)."""

@@ -1,26 +1,45 @@
-"""Finding, verifying and importing weights for a registry entry.
+"""Finding, verifying, importing, downloading and exporting weights for a registry entry.
 
 Resolution order for ``load_weights``: an explicit ``--weights`` file, the copy embedded in the wheel,
-then the cache (filled by ``lle models import``). Every embedded or cached file is checked against its
-sha256 before use.
+the cache (filled by ``lle models import`` or an earlier download), then a download: our safetensors
+from the hub, else the authors' original file converted here. Every embedded, cached or downloaded
+file is checked against its sha256 before use.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import torch
 
-from . import cache
-from .errors import ChecksumError, UsageError, WeightsError
-from .models import FAMILIES, build_model, detect_family, load_state_strict
+from . import __version__, cache, download
+from .download import ProgressFn
+from .errors import ChecksumError, DownloadError, OfflineError, OutputExistsError, UsageError, WeightsError
+from .models import build_model, detect_family, load_state_strict
 from .registry import ModelEntry, Registry, get_registry
 from .weights import load_safetensors, load_upstream_checkpoint, save_safetensors, sha256_file, verify_sha256
 
-__all__ = ["ImportResult", "import_checkpoint", "load_weights", "weights_location", "embedded_path"]
+__all__ = [
+    "ImportResult",
+    "FetchResult",
+    "VerifyResult",
+    "ExportResult",
+    "import_checkpoint",
+    "convert_checkpoint",
+    "fetch_weights",
+    "load_weights",
+    "weights_location",
+    "embedded_path",
+    "verify_weights",
+    "remove_weights",
+    "export_weights",
+]
 
 
 @dataclass(frozen=True)
@@ -32,6 +51,32 @@ class ImportResult:
     verified: bool  # the source matched the manifest's checksum
 
 
+@dataclass(frozen=True)
+class FetchResult:
+    model: str
+    path: Path
+    sha256: str
+    via: str  # "cache" (was already there), "hub" or "upstream"
+    source: str  # where the bytes came from: a hub reference or a URL
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    model: str
+    location: str  # "embedded" or "cached"
+    path: Path
+    ok: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    model: str
+    weights: Path
+    card: Path
+    sha256: str
+
+
 def embedded_path(entry: ModelEntry) -> Path | None:
     if not entry.embedded:
         return None
@@ -40,12 +85,12 @@ def embedded_path(entry: ModelEntry) -> Path | None:
 
 
 def weights_location(entry: ModelEntry) -> str | None:
-    """``'embedded'``, ``'cached'`` or None: where ``load_weights`` would find this model's weights."""
+    """Where ``load_weights`` would get this model: ``'embedded'``, ``'cached'``, ``'downloadable'`` or None."""
     if embedded_path(entry):
         return "embedded"
     if cache.cached_weights_path(entry.name).is_file():
         return "cached"
-    return None
+    return "downloadable" if entry.downloadable else None
 
 
 def _conversion_metadata(entry: ModelEntry, source_sha256: str) -> dict[str, str]:
@@ -55,12 +100,42 @@ def _conversion_metadata(entry: ModelEntry, source_sha256: str) -> dict[str, str
 
 
 def _missing_message(entry: ModelEntry) -> str:
-    how = f"`lle models import {entry.upstream.filename}`" if entry.upstream else "`lle models import FILE`"
-    where = f" (the authors' file: {entry.upstream.url})" if entry.upstream else ""
+    up = entry.upstream
+    if up is None:
+        how, where = "`lle models import FILE`", ""
+    elif up.sha256:
+        how, where = f"`lle models import {up.filename}`", f" (the authors' file: {up.url})"
+    else:  # lle cannot vouch for this file: the user has to
+        how = f"`lle models import {up.filename} --model {entry.name} --trust-unknown`"
+        where = f" (the authors' file: {up.url}; lle does not know its sha256)"
     return f"model {entry.name} has no weights on this machine; import the original checkpoint with {how}{where}, or pass --weights FILE"
 
 
-def load_weights(entry: ModelEntry, weights: Path | None = None) -> tuple[dict[str, torch.Tensor], str]:
+def _offline_message(entry: ModelEntry, flag: bool) -> str:
+    msg = f"model {entry.name} is not on this machine and downloads are off ({download.offline_reason(flag)})"
+    if entry.upstream and entry.upstream.sha256:
+        up = entry.upstream
+        msg += f"; get the authors' file {up.filename} ({up.url}) and run `lle models import {up.filename}`"
+    else:
+        msg += "; get its weights file and run `lle models import FILE`"
+    if entry.hub:
+        rev = f" --revision {entry.hub.revision}" if entry.hub.revision else ""
+        msg += f", or fetch it into the hub cache with `hf download {entry.hub.repo_id} {entry.hub.filename}{rev}`"
+    return msg + ", or pass --weights FILE"
+
+
+def _verify_cached(entry: ModelEntry, path: Path) -> str:
+    """sha256 of the cached file; ``ChecksumError`` unless it is the manifest's (or a trusted import's)."""
+    record = cache.read_record(entry.name) or {}
+    expected = entry.hub.sha256 if entry.hub else None
+    if record.get("sha256") and record["sha256"] != expected:
+        expected = record["sha256"]  # imported with --trust-unknown: check integrity against the import
+    return verify_sha256(path, expected, what=entry.name)
+
+
+def load_weights(
+    entry: ModelEntry, weights: Path | None = None, *, offline: bool = False, progress: ProgressFn | None = None
+) -> tuple[dict[str, torch.Tensor], str]:
     """State dict for ``entry`` and a short description of where it came from."""
     if weights is not None:
         weights = Path(weights)
@@ -73,16 +148,101 @@ def load_weights(entry: ModelEntry, weights: Path | None = None) -> tuple[dict[s
         return load_safetensors(emb), "embedded"
     path = cache.cached_weights_path(entry.name)
     if path.is_file():
-        record = cache.read_record(entry.name) or {}
-        expected = entry.hub.sha256 if entry.hub else None
-        if record.get("sha256") and record["sha256"] != expected:
-            expected = record["sha256"]  # imported with --trust-unknown: check integrity against the import
         try:
-            verify_sha256(path, expected, what=entry.name)
+            _verify_cached(entry, path)
         except ChecksumError as e:
-            raise ChecksumError(f"{e}; delete it and run `lle models import` again") from None
+            raise ChecksumError(
+                f"{e}; replace it with `lle models download {entry.name} --force` or `lle models import FILE`"
+            ) from None
         return load_safetensors(path), str(path)
+    if entry.downloadable:
+        r = fetch_weights(entry, offline=offline, progress=progress)
+        return load_safetensors(r.path), str(r.path)
     raise WeightsError(_missing_message(entry))
+
+
+def fetch_weights(
+    entry: ModelEntry, *, offline: bool = False, force: bool = False, progress: ProgressFn | None = None
+) -> FetchResult:
+    """Make sure ``entry``'s verified weights are in the cache, downloading them if needed.
+
+    Sources in order: the cache (unless ``force``); our safetensors on the hub (or already in the hub
+    cache); the authors' file, converted here. One process at a time per model (a lock), so concurrent
+    ``lle`` runs wait for each other instead of writing the same files.
+    """
+    if not entry.downloadable:
+        raise WeightsError(_missing_message(entry))
+    off = download.offline_mode(offline)
+    with cache.lock(entry.name):
+        path = cache.cached_weights_path(entry.name)
+        if path.is_file() and not force:
+            try:
+                sha = _verify_cached(entry, path)
+            except ChecksumError:
+                pass  # damaged: fetched again below and replaced
+            else:
+                return FetchResult(entry.name, path, sha, "cache", (cache.read_record(entry.name) or {}).get("source", ""))
+        reasons = []
+        if entry.hub:
+            hub = entry.hub
+            ref = f"hub:{hub.repo_id}@{hub.revision or 'main'}/{hub.filename}"
+            try:
+                src = download.hub_download(hub, offline=off, progress=progress)
+            except download.SourceUnavailable as e:
+                reasons.append(f"hub: {e}")
+            else:
+                out = cache.install_file(src, entry.name)
+                sha = verify_sha256(out, hub.sha256, what=entry.name)
+                cache.write_record(
+                    entry.name, {"model": entry.name, "sha256": sha, "source": ref, "source_sha256": sha, "verified": True, "via": "hub"}
+                )
+                return FetchResult(entry.name, out, sha, "hub", ref)
+        if entry.upstream and entry.upstream.sha256 and not off:
+            up = entry.upstream
+            url = download.upstream_url(up.url)
+            part = cache.partial_download_path(entry.name, up.filename)
+            try:
+                download.url_download(url, part, sha256=up.sha256, size=up.size, label=up.filename, progress=progress)
+            except download.SourceUnavailable as e:
+                reasons.append(f"authors' file: {e}")
+            else:
+                original = part.with_name(part.name.removesuffix(".part"))
+                os.replace(part, original)  # torch.load wants the real suffix
+                try:
+                    r = _import_locked(original, entry, up.sha256, verified=True, source=up.url, via="upstream")
+                finally:
+                    original.unlink(missing_ok=True)
+                return FetchResult(entry.name, r.path, r.sha256, "upstream", up.url)
+        if off:
+            raise OfflineError(_offline_message(entry, offline))
+        up = entry.upstream
+        manual = f"`lle models import {up.filename}` after getting {up.url}" if up and up.sha256 else "`lle models import FILE`"
+        raise DownloadError(f"cannot download {entry.name}: {'; '.join(reasons)}. Try again later, or use {manual}")
+
+
+def convert_checkpoint(path: Path, entry: ModelEntry, out: Path, *, source_sha256: str | None = None) -> str:
+    """Convert an authors' checkpoint to our safetensors file ``out``; returns its sha256.
+
+    Deterministic: the same source file gives the same bytes on every machine (sorted float32 tensors,
+    one metadata key), which is how the manifest's hub sha256 can be checked by anyone.
+    """
+    path = Path(path)
+    digest = source_sha256 or sha256_file(path)
+    state = load_upstream_checkpoint(path)
+    module = build_model(entry.family, entry.architecture)
+    load_state_strict(module, state, source=str(path))  # refuse files that do not fit before writing them
+    state = {k: v.detach().to(torch.float32).contiguous() for k, v in module.state_dict().items()}
+    save_safetensors(state, out, metadata=_conversion_metadata(entry, digest))
+    return sha256_file(out)
+
+
+def _import_locked(path: Path, entry: ModelEntry, digest: str, *, verified: bool, source: str, via: str) -> ImportResult:
+    out = cache.cached_weights_path(entry.name)
+    sha = convert_checkpoint(path, entry, out, source_sha256=digest)
+    cache.write_record(
+        entry.name, {"model": entry.name, "sha256": sha, "source": source, "source_sha256": digest, "verified": verified, "via": via}
+    )
+    return ImportResult(entry.name, out, sha, digest, verified)
 
 
 def import_checkpoint(
@@ -113,16 +273,171 @@ def import_checkpoint(
             f"{path}: unknown checkpoint (sha256 {digest[:16]}...);{guess} name the model with --model NAME "
             "and pass --trust-unknown if you trust the file"
         )
-    state = load_upstream_checkpoint(path)
-    module = build_model(entry.family, entry.architecture)
-    load_state_strict(module, state, source=str(path))  # refuse files that do not fit before caching them
-    state = {k: v.detach().to(torch.float32).contiguous() for k, v in module.state_dict().items()}
-    out = cache.cached_weights_path(entry.name)
-    save_safetensors(state, out, metadata=_conversion_metadata(entry, digest))
-    sha = sha256_file(out)
-    cache.write_record(
-        entry.name, {"model": entry.name, "sha256": sha, "source": str(path), "source_sha256": digest, "verified": verified}
-    )
-    return ImportResult(entry.name, out, sha, digest, verified)
+    with cache.lock(entry.name):
+        return _import_locked(path, entry, digest, verified=verified, source=str(path), via="import")
 
 
+def verify_weights(entries: list[ModelEntry]) -> list[VerifyResult]:
+    """Re-hash every embedded or cached weights file among ``entries`` against the manifest."""
+    out = []
+    for entry in entries:
+        emb = embedded_path(entry)
+        if emb is not None:
+            try:
+                verify_sha256(emb, entry.embedded_sha256, what=f"embedded {entry.name}")
+                out.append(VerifyResult(entry.name, "embedded", emb, True))
+            except ChecksumError as e:
+                out.append(VerifyResult(entry.name, "embedded", emb, False, str(e)))
+        path = cache.cached_weights_path(entry.name)
+        if path.is_file():
+            try:
+                _verify_cached(entry, path)
+                out.append(VerifyResult(entry.name, "cached", path, True))
+            except ChecksumError as e:
+                out.append(VerifyResult(entry.name, "cached", path, False, str(e)))
+    return out
+
+
+def remove_weights(entry: ModelEntry) -> list[Path]:
+    """Delete ``entry``'s cached weights, record and partial downloads; the paths removed."""
+    with cache.lock(entry.name):
+        return cache.remove(entry.name)
+
+
+CARD_MARKER = "<!-- generated by `lle models export`"
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _card_repo(card: Path) -> str | None:
+    """The hub repo an earlier ``lle models export`` card in this folder was written for."""
+    text = card.read_text(encoding="utf-8", errors="replace")
+    if CARD_MARKER not in text:
+        return None
+    for line in text.splitlines():
+        if line.startswith("# "):
+            return line[2:].strip()
+    return None
+
+
+def model_card(repo_id: str, entries: list[ModelEntry], sizes: dict[str, int]) -> str:
+    """README.md for a hub repo holding ``entries``' safetensors: licence, paper, source and checksums."""
+    lines = [
+        "---",
+        "license: other",
+        "license_name: authors-terms",
+        f"library_name: {download.LIBRARY_NAME}",
+        "pipeline_tag: image-to-image",
+        "tags:",
+        "- low-light-image-enhancement",
+        "- backlit-image-enhancement" if any(e.task == "backlit" for e in entries) else "- low-light",
+        "- safetensors",
+        "---",
+        f"{CARD_MARKER} {__version__} from weights_manifest.json; edit the manifest, not this file -->",
+        f"# {repo_id}",
+        "",
+        "Safetensors copies of published low-light / backlit enhancement checkpoints, for the `lle` command line "
+        "tool and Python library. Each file is a deterministic conversion of the authors' own checkpoint: the same "
+        "tensors as float32, without DataParallel's `module.` key prefix where the original had one; nothing else "
+        "changes. The weights keep their authors' terms (below); the conversion adds none.",
+        "",
+        "| file | model | task | parameters | bytes | sha256 |",
+        "|---|---|---|---|---|---|",
+    ]
+    entries = [e for e in entries if e.hub is not None]
+    for e in entries:
+        lines.append(f"| `{e.hub.filename}` | `{e.name}` | {e.task} | {e.parameters:,} | {sizes[e.name]:,} | `{e.hub.sha256}` |")
+    lines += ["", "## Use", "", "With lle installed:", "", "```bash"]
+    lines += [f"lle enhance photo.jpg --model {e.name}" for e in entries[:1]]
+    lines += ["```", "", "lle downloads the file on first use, checks its sha256 and caches it; see the lle README.", ""]
+    for e in entries:
+        lines += [f"## `{e.name}`: {e.title}", "", f"- Paper: {e.paper}", f"- Licence: {e.license}", f"- Training data: {e.training_data}"]
+        lines += [f"- Architecture: `{e.family}` {json.dumps(e.architecture, sort_keys=True)}, {e.parameters:,} parameters"]
+        if e.upstream:
+            lines += [f"- Source: the authors' file {e.upstream.url}", f"  (sha256 `{e.upstream.sha256}`)"]
+        if e.notes:
+            lines += [f"- Notes: {e.notes}"]
+        lines += [f"- This file: `{e.hub.filename}`, sha256 `{e.hub.sha256}`", ""]
+    up = next((e.upstream for e in entries if e.upstream), None)
+    lines += [
+        "## Check these files yourself",
+        "",
+        "Convert the authors' file with lle and compare checksums; the conversion is byte-for-byte reproducible:",
+        "",
+        "```bash",
+    ]
+    if up:
+        lines += [f"curl -LO {up.url}", f"lle models import {up.filename}   # verifies the source's sha256, converts"]
+    lines += ["lle models list --json   # where the converted files are", "sha256sum ~/.cache/lle/models/*.safetensors", "```", ""]
+    return "\n".join(lines)
+
+
+def export_weights(
+    entry: ModelEntry,
+    directory: Path,
+    *,
+    overwrite: bool = False,
+    offline: bool = False,
+    progress: ProgressFn | None = None,
+    registry: Registry | None = None,
+) -> ExportResult:
+    """Write ``entry``'s safetensors and the hub repo's model card into ``directory``, ready to upload.
+
+    Only the manifest's exact bytes are exported (sha256 checked), so an upload can never publish
+    something the manifest does not vouch for. Several models of one hub repo share a folder and a card.
+    """
+    reg = registry or get_registry()
+    if entry.hub is None:
+        raise UsageError(f"model {entry.name} has no hub entry in the manifest (repo_id, filename, sha256); add one to export it")
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise UsageError(f"{directory}: not a directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    card = directory / "README.md"
+    if card.exists():
+        repo = _card_repo(card)
+        if repo is None and not overwrite:
+            raise OutputExistsError(f"{card} already exists and was not written by lle; pass --overwrite to replace it")
+        if repo is not None and repo != entry.hub.repo_id:
+            raise UsageError(f"{directory} holds the export of {repo}; use one folder per hub repo ({entry.hub.repo_id})")
+    src = embedded_path(entry) or fetch_weights(entry, offline=offline, progress=progress).path
+    sha = sha256_file(src)
+    if sha != entry.hub.sha256:
+        raise ChecksumError(
+            f"{src}: sha256 {sha[:16]}... is not the manifest's {entry.hub.sha256[:16]}... for {entry.name} "
+            "(imported with --trust-unknown?); refusing to export bytes the manifest does not vouch for"
+        )
+    target = directory / entry.hub.filename
+    if target.exists() and sha256_file(target) != sha:
+        if not overwrite:
+            raise OutputExistsError(f"{target} already exists with other contents; pass --overwrite to replace it")
+    if not target.exists() or sha256_file(target) != sha:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=directory)
+        os.close(fd)
+        try:
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    # the card lists every file of this repo in the folder, each checked: a stale one would make it lie
+    members, sizes = [], {}
+    for e in (reg.models[n] for n in reg.names()):
+        if e.hub is None or e.hub.repo_id != entry.hub.repo_id or not (directory / e.hub.filename).is_file():
+            continue
+        f = directory / e.hub.filename
+        if sha256_file(f) != e.hub.sha256:
+            raise ChecksumError(f"{f}: not the manifest's file for {e.name}; delete it or export {e.name} again with --overwrite")
+        members.append(e)
+        sizes[e.name] = f.stat().st_size
+    _write_text_atomic(card, model_card(entry.hub.repo_id, members, sizes))
+    return ExportResult(entry.name, target, card, sha)

@@ -24,21 +24,31 @@ TASKS = {"low-light", "backlit"}
 
 @dataclass(frozen=True)
 class HubSource:
-    """Our safetensors on the Hugging Face hub; ``sha256`` is of that exact file."""
+    """Our safetensors on the Hugging Face hub; ``sha256`` is of that exact file.
+
+    ``revision`` is a tag or commit of the hub repo, passed to ``hf_hub_download`` as is; the sha256,
+    not the revision, is what makes a download trusted (a moved tag can only cause a checksum error).
+    """
 
     repo_id: str
     filename: str
     sha256: str
     revision: str | None = None
+    size: int | None = None  # bytes; lets a download stop early when a server sends something else
 
 
 @dataclass(frozen=True)
 class UpstreamSource:
-    """The authors' original checkpoint; ``sha256`` is of the original file."""
+    """The authors' original checkpoint; ``sha256`` is of the original file.
+
+    ``sha256`` is None for files lle has never seen (e.g. Google Drive releases): those are never
+    downloaded automatically, only imported by hand with ``--trust-unknown``.
+    """
 
     url: str
-    sha256: str
+    sha256: str | None
     filename: str
+    size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -60,12 +70,17 @@ class ModelEntry:
     notes: str = ""
 
     @property
+    def downloadable(self) -> bool:
+        """lle can fetch and verify the weights itself (a file without a known sha256 is never fetched)."""
+        return self.hub is not None or (self.upstream is not None and bool(self.upstream.sha256))
+
+    @property
     def known_sha256(self) -> set[str]:
         """Every checksum under which a file may stand for this model."""
         out = {s for s in (self.embedded_sha256,) if s}
         if self.hub:
             out.add(self.hub.sha256)
-        if self.upstream:
+        if self.upstream and self.upstream.sha256:
             out.add(self.upstream.sha256)
         return out
 
@@ -88,8 +103,11 @@ def _entry(name: str, raw: dict[str, Any]) -> ModelEntry:
     arch = dict(raw.get("architecture") or {})
     FAMILIES[family].make_config(arch)  # rejects unknown keys now rather than at load time
     src = raw.get("sources") or {}
-    hub = HubSource(**src["hub"]) if "hub" in src else None
-    up = UpstreamSource(**src["upstream"]) if "upstream" in src else None
+    try:
+        hub = HubSource(**src["hub"]) if "hub" in src else None
+        up = UpstreamSource(**src["upstream"]) if "upstream" in src else None
+    except TypeError as e:  # a missing or misspelt source field
+        raise ManifestError(f"weights_manifest.json: model {name!r} has a malformed source ({e})") from None
     emb = src.get("embedded") or {}
     if not (hub or up or emb):
         raise ManifestError(f"weights_manifest.json: model {name!r} has no weight source")

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
 import torch
 
 from lle_cli import api, cache
-from lle_cli.errors import ChecksumError, WeightsError
-from lle_cli.loading import import_checkpoint
+from lle_cli.errors import ChecksumError, OfflineError, WeightsError
+from lle_cli.loading import import_checkpoint, load_weights, weights_location
 from lle_cli.models import build_model
-from lle_cli.registry import get_registry
+from lle_cli.registry import Registry, get_registry, manifest_path
 from lle_cli.weights import save_safetensors, sha256_file
 
 from .conftest import UPSTREAM_FILES, shared_path
@@ -63,7 +64,7 @@ def test_tampered_cache_is_detected() -> None:
     data = bytearray(path.read_bytes())
     data[-1] ^= 0x01
     path.write_bytes(bytes(data))
-    with pytest.raises(ChecksumError, match="delete it and run `lle models import` again"):
+    with pytest.raises(ChecksumError, match="replace it with `lle models download scl-lle.official --force`"):
         api.load_model("scl-lle")
 
 
@@ -80,9 +81,25 @@ def test_pickles_with_code_are_never_executed(tmp_path) -> None:
     assert (tmp_path / "victim").is_dir()
 
 
-def test_missing_weights_explain_how_to_get_them() -> None:
-    with pytest.raises(WeightsError, match="lle models import SCL-LLE.pth"):
+def test_missing_weights_offline_explain_how_to_get_them(monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OfflineError, match="lle models import SCL-LLE.pth") as e:
         api.load_model("scl-lle")
+    assert "HF_HUB_OFFLINE=1" in str(e.value) and "hf download lle-cli/scl-lle scl-lle.official.safetensors --revision v1" in str(e.value)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    with pytest.raises(OfflineError, match=r"downloads are off \(--offline\)"):
+        api.load_model("scl-lle", offline=True)
+
+
+def test_a_file_without_a_known_sha256_is_never_downloaded() -> None:
+    raw = json.loads(manifest_path().read_text())
+    src = raw["models"]["scl-lle.official"]["sources"]
+    del src["hub"]
+    src["upstream"]["sha256"] = None  # e.g. a release on Google Drive that lle has never seen
+    entry = Registry(raw).resolve("scl-lle")
+    assert not entry.downloadable and weights_location(entry) is None
+    with pytest.raises(WeightsError, match="--model scl-lle.official --trust-unknown"):
+        load_weights(entry)
 
 
 def test_weights_file_that_does_not_fit_is_refused(tmp_path) -> None:

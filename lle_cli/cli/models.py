@@ -1,4 +1,4 @@
-"""``lle models``: list, describe and import models."""
+"""``lle models``: list, describe, download, verify, remove, import and export models."""
 
 from __future__ import annotations
 
@@ -11,24 +11,37 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import api, cache
-from ..loading import weights_location
-from ._common import JsonOpt, err_console
+from ..download import hub_cached_file
+from ..errors import LLEError, UsageError
+from ..loading import embedded_path, weights_location
+from ._common import JsonOpt, OfflineOpt, QuietOpt, download_progress, err_console, show_progress
 
-app = typer.Typer(help="List, describe and import models.", no_args_is_help=True)
+app = typer.Typer(help="List, download, verify, remove, import and export models.", no_args_is_help=True)
+
+NamesArg = Annotated[Optional[list[str]], typer.Argument(help="Model names or aliases.", show_default=False)]
 
 
 def _where(entry) -> str:
-    return weights_location(entry) or "-"
+    return weights_location(entry) or "import by hand"
+
+
+def _path(entry) -> str | None:
+    """The file ``load_weights`` would read now, if any."""
+    emb = embedded_path(entry)
+    if emb is not None:
+        return str(emb)
+    p = cache.cached_weights_path(entry.name)
+    return str(p) if p.is_file() else None
 
 
 @app.command("list")
 def list_models(json_out: JsonOpt = False) -> int:
-    """Table of every registered model and whether its weights are here."""
+    """Every registered model and where its weights are: embedded, cached, or downloadable on first use."""
     entries = api.list_models()
     if json_out:
         for e in entries:
             print(json.dumps({"name": e.name, "family": e.family, "task": e.task, "parameters": e.parameters,
-                              "license": e.license, "weights": weights_location(e)}))
+                              "license": e.license, "weights": weights_location(e), "path": _path(e)}))
         return 0
     table = Table(title=None, box=None, header_style="bold")
     for col in ("name", "family", "task", "params", "licence", "weights"):
@@ -36,7 +49,7 @@ def list_models(json_out: JsonOpt = False) -> int:
     for e in entries:
         lic = e.license if len(e.license) < 28 else e.license[:25] + "..."
         table.add_row(e.name, e.family, e.task, f"{e.parameters:,}", lic, _where(e))
-    Console(soft_wrap=False, width=max(Console().width, 110)).print(table)
+    Console(soft_wrap=False, width=max(Console().width, 120)).print(table)
     return 0
 
 
@@ -63,6 +76,94 @@ def info(name: Annotated[str, typer.Argument(help="Model name or alias.")], json
     return 0
 
 
+@app.command("download")
+def download(
+    names: NamesArg = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every model that is not embedded.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Fetch again even if cached (replaces a damaged file).")] = False,
+    offline: OfflineOpt = False,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+) -> int:
+    """Fetch weights into the cache now (the hub first, then the authors' file), verified by sha256.
+
+    Prints each cached file's path. Exit code 0: all there, 1: some failed (the others are kept).
+    """
+    if bool(names) == all_:
+        raise UsageError("name the models to download, or pass --all (not both)")
+    if all_:  # files lle cannot verify (no sha256 in the manifest) are never fetched
+        entries = [e for e in api.list_models() if e.downloadable and not embedded_path(e)]
+    else:
+        entries = [api.model_info(n) for n in names or []]
+    failures = 0
+    with download_progress(show_progress(quiet, json_out)) as on_bytes:
+        for e in {e.name: e for e in entries}.values():  # an alias and its target name the same model once
+            if emb := embedded_path(e):
+                if json_out:
+                    print(json.dumps({"model": e.name, "status": "ok", "via": "embedded", "path": str(emb), "sha256": e.embedded_sha256}))
+                else:
+                    if not quiet:
+                        err_console.print(f"{e.name}: embedded in lle, nothing to download")
+                    print(emb, flush=True)
+                continue
+            try:
+                r = api.download_model(e.name, offline=offline, force=force, progress=on_bytes)
+            except LLEError as err:
+                failures += 1
+                if json_out:
+                    print(json.dumps({"model": e.name, "status": "error", "error": str(err)}), flush=True)
+                else:
+                    err_console.print(f"[bold red]Error:[/bold red] {err}", soft_wrap=True)
+                continue
+            if json_out:
+                print(json.dumps({"model": e.name, "status": "ok", "via": r.via, "path": str(r.path), "sha256": r.sha256}), flush=True)
+                continue
+            if not quiet:
+                how = "already cached" if r.via == "cache" else f"downloaded from {r.source}"
+                err_console.print(f"{e.name}: {how}", soft_wrap=True, highlight=False)
+            print(r.path, flush=True)
+    return 1 if failures else 0
+
+
+@app.command("verify")
+def verify(names: NamesArg = None, json_out: JsonOpt = False) -> int:
+    """Re-hash embedded and cached weights against the manifest. Exit code 1 if any file is damaged."""
+    results = api.verify_models(names)
+    for r in results:
+        if json_out:
+            print(json.dumps({"model": r.model, "location": r.location, "path": str(r.path), "ok": r.ok, "error": r.detail or None}))
+        elif r.ok:
+            print(f"ok       {r.model:28} {r.location:9} {r.path}")
+        else:
+            print(f"DAMAGED  {r.model:28} {r.location:9} {r.path}")
+    bad = [r for r in results if not r.ok]
+    if not results and not json_out:
+        err_console.print("no embedded or cached weights to verify")
+    for r in bad:
+        fix = f"`lle models download {r.model} --force`" if r.location == "cached" else "reinstall lle"
+        err_console.print(f"[bold red]Error:[/bold red] {r.detail}; replace it with {fix}", soft_wrap=True)
+    return 1 if bad else 0
+
+
+@app.command("rm")
+def rm(names: Annotated[list[str], typer.Argument(help="Model names or aliases.", show_default=False)], quiet: QuietOpt = False) -> int:
+    """Delete models' cached weights (lle's cache; the next use downloads them again)."""
+    entries = [api.model_info(n) for n in names]  # all names valid before anything is deleted
+    for e in {e.name: e for e in entries}.values():
+        gone = api.remove_model(e.name)
+        if quiet:
+            continue
+        if gone:
+            err_console.print(f"removed {e.name}: " + ", ".join(str(p) for p in gone), soft_wrap=True, highlight=False)
+        elif embedded_path(e):
+            err_console.print(f"{e.name} is embedded in lle; there is nothing to remove")
+        else:
+            err_console.print(f"{e.name}: nothing cached")
+        if e.hub and (copy := hub_cached_file(e.hub)):
+            err_console.print(f"  the hub cache still holds {copy} (`hf cache rm` deletes it)", soft_wrap=True, highlight=False)
+    return 0
+
+
 @app.command("import")
 def import_(
     file: Annotated[Path, typer.Argument(help="An authors' checkpoint (.pth) or a safetensors file.")],
@@ -75,4 +176,24 @@ def import_(
         err_console.print(f"[yellow]Warning:[/yellow] {file}: sha256 not in the manifest; imported because of --trust-unknown")
     err_console.print(f"imported {r.model} (sha256 {r.source_sha256[:12]}...)")
     print(r.path)
+    return 0
+
+
+@app.command("export")
+def export(
+    name: Annotated[str, typer.Argument(help="Model name or alias.")],
+    directory: Annotated[Path, typer.Argument(help="Folder for the hub repo's files (one folder per hub repo).")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace files in the folder that differ.")] = False,
+    offline: OfflineOpt = False,
+    quiet: QuietOpt = False,
+) -> int:
+    """Write a model's safetensors and its hub repo's model card (README.md), ready to upload."""
+    with download_progress(show_progress(quiet, False)) as on_bytes:
+        r = api.export_model(name, directory, overwrite=overwrite, offline=offline, progress=on_bytes)
+    hub = api.model_info(name).hub
+    print(r.weights)
+    print(r.card)
+    if not quiet and hub is not None:
+        tag = f" && hf repos tag create {hub.repo_id} {hub.revision}" if hub.revision else ""
+        err_console.print(f"upload with: hf upload {hub.repo_id} {directory} .{tag}", soft_wrap=True, highlight=False)
     return 0
