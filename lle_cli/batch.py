@@ -7,6 +7,7 @@ what is read and written lives here so the Python API behaves the same.
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 from .errors import InputError, LLEError, OutputExistsError, UsageError
 from .imageio import IMAGE_SUFFIXES, encode_image, format_from_suffix, read_image, write_bytes_atomic
 from .runner import LoadedModel
+from .weights import sha256_file
 
 __all__ = ["OutputOptions", "Job", "JobResult", "expand_inputs", "plan_jobs", "run_job", "run_batch", "STDIO"]
 
@@ -47,9 +49,15 @@ class JobResult:
     seconds: float
     status: str  # "ok" or "error"
     error: str | None = None
+    input_sha256: str | None = None  # filled when run with digests=True (run records)
+    output_sha256: str | None = None
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        d = asdict(self)
+        for k in ("input_sha256", "output_sha256"):
+            if d[k] is None:
+                del d[k]
+        return d
 
 
 def _is_image(p: Path) -> bool:
@@ -149,9 +157,15 @@ def plan_jobs(inputs: list[str], output: str | None, opts: OutputOptions) -> tup
     return jobs, opts
 
 
-def run_job(model: LoadedModel, job: Job, opts: OutputOptions, *, stdin: bytes | None = None, stdout=None) -> JobResult:
-    """Read, enhance, encode and atomically write one image; errors become a failed result."""
+def run_job(
+    model: LoadedModel, job: Job, opts: OutputOptions, *, stdin: bytes | None = None, stdout=None, digests: bool = False
+) -> JobResult:
+    """Read, enhance, encode and atomically write one image; errors become a failed result.
+
+    ``digests``: also hash the input and the written bytes (sha256), for the run record.
+    """
     start = time.perf_counter()
+    in_sha = out_sha = None
     try:
         if job.error:
             raise InputError(job.error)
@@ -162,6 +176,9 @@ def run_job(model: LoadedModel, job: Job, opts: OutputOptions, *, stdin: bytes |
         out_fmt = opts.format or ("PNG" if job.output == STDIO else format_from_suffix(job.output) or "PNG")
         enhanced = pic.with_rgb(model.enhance(pic.rgb))
         data = encode_image(enhanced, out_fmt, quality=opts.quality, bit_depth=opts.bit_depth)
+        if digests:
+            in_sha = hashlib.sha256(stdin or b"").hexdigest() if job.input == STDIO else sha256_file(Path(job.input))
+            out_sha = hashlib.sha256(data).hexdigest()
         if job.output == STDIO:
             stdout.write(data)
             stdout.flush()
@@ -174,9 +191,13 @@ def run_job(model: LoadedModel, job: Job, opts: OutputOptions, *, stdin: bytes |
         status, error = "error", str(e)
     except OSError as e:  # disk full, permission denied on the output directory, ...
         status, error = "error", f"{job.output or job.input}: {e.strerror or e}"
-    return JobResult(job.input, job.output, model.name, round(time.perf_counter() - start, 4), status, error)
+    if status != "ok":
+        in_sha = out_sha = None
+    return JobResult(job.input, job.output, model.name, round(time.perf_counter() - start, 4), status, error, in_sha, out_sha)
 
 
-def run_batch(model: LoadedModel, jobs: list[Job], opts: OutputOptions, *, stdin: bytes | None = None, stdout=None) -> Iterator[JobResult]:
+def run_batch(
+    model: LoadedModel, jobs: list[Job], opts: OutputOptions, *, stdin: bytes | None = None, stdout=None, digests: bool = False
+) -> Iterator[JobResult]:
     for job in jobs:
-        yield run_job(model, job, opts, stdin=stdin, stdout=stdout)
+        yield run_job(model, job, opts, stdin=stdin, stdout=stdout, digests=digests)

@@ -75,7 +75,8 @@ def test_batch_goes_on_after_a_bad_file(capsys, photos, weights, tmp_path) -> No
     assert status["p0.png"]["status"] == status["p1.png"]["status"] == status["full.jpg"]["status"] == "ok"
     assert status["broken.jpg"]["status"] == "error" and "broken.jpg" in status["broken.jpg"]["error"]
     assert status["cut.jpg"]["status"] == "error" and "cut.jpg" in status["cut.jpg"]["error"]
-    assert sorted(p.name for p in out_dir.iterdir()) == ["full.jpg", "p0.png", "p1.png"]
+    # no partial output for the bad files; a batch always leaves its run record
+    assert sorted(p.name for p in out_dir.iterdir()) == ["full.jpg", "lle-run.json", "p0.png", "p1.png"]
     assert all({"input", "output", "model", "seconds", "status", "error"} <= r.keys() for r in rows)
 
 

@@ -12,8 +12,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .. import api
 from ..batch import STDIO, OutputOptions, plan_jobs, run_batch
+from .. import record as run_record
 from ..errors import UsageError
-from ._common import DeviceOpt, JsonOpt, ModelOpt, PrecisionOpt, QuietOpt, WeightsOpt, err_console, show_progress
+from ._common import (
+    DeviceOpt, JsonOpt, ModelOpt, OfflineOpt, PrecisionOpt, QuietOpt, WeightsOpt, download_progress, err_console, show_progress,
+)
 
 
 def enhance(
@@ -24,6 +27,7 @@ def enhance(
     ] = None,
     model: ModelOpt = None,
     weights: WeightsOpt = None,
+    offline: OfflineOpt = False,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     fmt: Annotated[Optional[str], typer.Option("--format", "-f", help="png, jpeg, tiff, webp or bmp; default: the input's format.")] = None,
@@ -33,6 +37,10 @@ def enhance(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
+    record: Annotated[
+        Optional[bool],
+        typer.Option("--record/--no-record", help="Write a run record (lle-run.json) beside the outputs; default: on for directories and several inputs."),
+    ] = None,
 ) -> int:
     """Enhance low-light or backlit photos. Exit code 0: all written, 1: some failed, 2: usage error."""
     if bit_depth not in (None, 8, 16):
@@ -44,19 +52,30 @@ def enhance(
         raise UsageError("--json and -o - both want stdout; write the image to a file with -o FILE")
     if to_stdout and sys.stdout.isatty():
         raise UsageError("refusing to write image bytes to a terminal; redirect stdout or use -o FILE")
+    batch_mode = len(jobs) > 1 or any(i != STDIO and Path(i).is_dir() for i in inputs)
+    if record and to_stdout:
+        raise UsageError("--record writes a file beside the outputs; it cannot go with -o - (stdout)")
+    recording = (batch_mode if record is None else record) and not to_stdout
     stdin_bytes = sys.stdin.buffer.read() if any(j.input == STDIO for j in jobs) else None
-    loaded = api.load_model(model, weights=weights, device=device, precision=precision)
+    with download_progress(show_progress(quiet, json_out)) as on_bytes:  # first use of a model downloads it
+        loaded = api.load_model(model, weights=weights, device=device, precision=precision, offline=offline, progress=on_bytes)
     if not quiet and not json_out:
         err_console.print(f"[dim]model {loaded.name} ({loaded.weights_source}) on {loaded.device}[/dim]")
     failures: list[str] = []
     ok = 0
+    results = []
+    run = run_record.new_run("enhance", model=loaded, options={
+        "model": model, "weights": weights, "device": device, "precision": precision, "output": output, "format": opts.format,
+        "quality": quality, "bit_depth": bit_depth, "suffix": suffix, "overwrite": overwrite,
+    }) if recording else None
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=err_console, disable=not show_progress(quiet, json_out), transient=True,
     )
     with progress:
         task = progress.add_task("enhancing", total=len(jobs))
-        for result in run_batch(loaded, jobs, opts, stdin=stdin_bytes, stdout=sys.stdout.buffer):
+        for result in run_batch(loaded, jobs, opts, stdin=stdin_bytes, stdout=sys.stdout.buffer, digests=recording):
+            results.append(result)
             if json_out:
                 print(json.dumps(result.to_dict()), flush=True)
             elif result.status == "ok" and result.output != STDIO:
@@ -70,4 +89,8 @@ def enhance(
             progress.update(task, advance=1, description=Path(result.input).name)
     if not quiet and not json_out and len(jobs) > 1:
         err_console.print(f"{ok} enhanced, {len(failures)} failed")
+    if run is not None:
+        for path in run_record.write_job_records(loaded, results, command="enhance", options={}, run=run):
+            if not quiet and not json_out:
+                err_console.print(f"[dim]run record: {path}[/dim]")
     return 1 if failures else 0
