@@ -1,0 +1,197 @@
+"""Conditional modified-RQ-spline coupling: the robust flows' drop-in for LLFlow's affine coupling.
+
+Hong et al. (ICCV 2023, Sec. 4) replace every conditional affine coupling of SRFlow / LLFlow with the
+two-bin spline of :mod:`lle_cli.flows.rqspline` plus a bias, in both places where LLFlow's
+``CondAffineSeparatedAndCond`` transforms ``z``:
+
+1. the *feature injector*: all channels of ``z`` go through a spline whose parameters depend on the
+   encoder features ``ft`` only (network ``fFeatures``);
+2. optionally, a *std-conditional* half-coupling on the noise level (network ``fRQspline_std``;
+   SRFlow-family models use it, LLFlow has no std input and leaves it out);
+3. the *self-conditional* half-coupling: the second half of the channels goes through a spline
+   whose parameters depend on the first half and ``ft`` (network ``fRQspline``).
+
+The sampling direction runs the inverses in the opposite order. Attribute and sub-module names follow
+the authors' ``CondRQsplineSeparatedAndCond`` so their state dicts load as they are (an ``fX.0``
+``Conv2d`` + ActNorm, ``fX.2`` 1x1 ``Conv2d`` + ActNorm, ``fX.4`` zero-initialised ``Conv2dZeros``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .rqspline import NUM_PARAMS, SplineBounds, spline_shift, unpack_params
+
+__all__ = ["ActNorm2d", "Conv2dActNorm", "Conv2dZeros", "conditioner", "RQSplineCoupling"]
+
+
+class ActNorm2d(nn.Module):
+    """Per-channel ``y = (x + bias) * exp(logs)`` (Glow's activation normalisation).
+
+    The first forward pass in training mode sets ``bias``/``logs`` so that batch has zero mean and
+    unit variance per channel (data-dependent initialisation); loading a state dict counts as
+    initialised.
+    """
+
+    def __init__(self, num_features: int, scale: float = 1.0) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1, num_features, 1, 1))
+        self.logs = nn.Parameter(torch.zeros(1, num_features, 1, 1))
+        self.scale = float(scale)
+        self.inited = False
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.inited = True
+
+    @torch.no_grad()
+    def _initialize(self, x: torch.Tensor) -> None:
+        mean = x.mean(dim=(0, 2, 3), keepdim=True)
+        std = ((x - mean) ** 2).mean(dim=(0, 2, 3), keepdim=True).sqrt()
+        self.bias.copy_(-mean)
+        self.logs.copy_(torch.log(self.scale / (std + 1e-6)))
+        self.inited = True
+
+    def forward(
+        self, x: torch.Tensor, logdet: torch.Tensor | None = None, reverse: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not self.inited and self.training and not reverse:
+            self._initialize(x)
+        if reverse:
+            x = x * torch.exp(-self.logs) - self.bias
+        else:
+            x = (x + self.bias) * torch.exp(self.logs)
+        if logdet is not None:
+            d = self.logs.sum() * (x.shape[2] * x.shape[3])
+            logdet = logdet - d if reverse else logdet + d
+        return x, logdet
+
+
+class Conv2dActNorm(nn.Conv2d):
+    """Bias-free "same" convolution followed by :class:`ActNorm2d` (LLFlow's ``flow.Conv2d``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, weight_std: float = 0.05) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
+        nn.init.normal_(self.weight, 0.0, weight_std)
+        self.actnorm = ActNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.actnorm(super().forward(x))[0]
+
+
+class Conv2dZeros(nn.Conv2d):
+    """Zero-initialised "same" convolution scaled by ``exp(3 * logs)``: a coupling starts as identity."""
+
+    LOGSCALE_FACTOR = 3.0
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+        self.logs = nn.Parameter(torch.zeros(out_channels, 1, 1))
+        nn.init.zeros_(self.weight)
+        nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * torch.exp(self.logs * self.LOGSCALE_FACTOR)
+
+
+def conditioner(in_channels: int, out_channels: int, hidden_channels: int, kernel_hidden: int = 1, n_hidden_layers: int = 1) -> nn.Sequential:
+    """The coupling network of SRFlow/LLFlow: 3x3 conv, ``n`` hidden ``kernel_hidden`` convs, zero 3x3 conv."""
+    layers: list[nn.Module] = [Conv2dActNorm(in_channels, hidden_channels), nn.ReLU()]
+    for _ in range(n_hidden_layers):
+        layers += [Conv2dActNorm(hidden_channels, hidden_channels, kernel_size=kernel_hidden), nn.ReLU()]
+    layers.append(Conv2dZeros(hidden_channels, out_channels))
+    return nn.Sequential(*layers)
+
+
+class RQSplineCoupling(nn.Module):
+    """Conditional RQ-spline coupling (feature injector + self-conditional half-coupling).
+
+    ``forward(z, logdet, reverse=False, ft=features, std=None) -> (z', logdet')``: the density
+    direction (``reverse=False``) maps image-side ``z`` towards the Gaussian and adds
+    ``log|det dz'/dz|`` to ``logdet``; ``reverse=True`` is the exact inverse (sampling) and adds the
+    inverse's log-determinant, so a round trip leaves ``logdet`` unchanged.
+
+    ``condition_channels`` is the encoder-feature width (LLFlow: ``conditionInFeaDim``; robustNF's
+    SRFlow code hard-codes 320). ``std_channels=None`` leaves out the std-conditional branch.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        condition_channels: int = 320,
+        hidden_channels: int = 64,
+        std_channels: int | None = None,
+        n_hidden_layers: int = 1,
+        kernel_hidden: int = 1,
+        bounds: SplineBounds = SplineBounds(),
+    ) -> None:
+        super().__init__()
+        if in_channels < 2:
+            raise ValueError(f"a coupling needs at least 2 channels, got {in_channels}")
+        self.in_channels = in_channels
+        self.condition_channels = condition_channels
+        self.std_channels = std_channels
+        self.bounds = bounds
+        self.channels_for_nn = in_channels // 2
+        self.channels_for_co = in_channels - self.channels_for_nn
+        net = dict(hidden_channels=hidden_channels, kernel_hidden=kernel_hidden, n_hidden_layers=n_hidden_layers)
+        self.fRQspline = conditioner(self.channels_for_nn + condition_channels, self.channels_for_co * NUM_PARAMS, **net)
+        self.fFeatures = conditioner(condition_channels, in_channels * NUM_PARAMS, **net)
+        if std_channels:
+            self.fRQspline_std = conditioner(self.channels_for_nn + std_channels, self.channels_for_co * NUM_PARAMS, **net)
+        else:
+            self.fRQspline_std = None
+
+    def _expand_std(self, std: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        # as the authors: a per-image 3-channel map is resized, a scalar is broadcast
+        if self.std_channels == 3 and std.shape[1] == 3:
+            return F.interpolate(std, size=(h, w), mode="bicubic")
+        if std.shape[1] in (1, self.std_channels):
+            return std.expand(-1, self.std_channels, h, w)
+        raise ValueError(f"std has {std.shape[1]} channels; this coupling takes 1 or {self.std_channels}")
+
+    def _half(
+        self, z: torch.Tensor, cond: torch.Tensor, net: nn.Module, logdet: torch.Tensor, reverse: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        z1, z2 = z[:, : self.channels_for_nn], z[:, self.channels_for_nn :]
+        params = unpack_params(net(torch.cat([z1, cond], dim=1)), self.channels_for_co)
+        z2, lad = spline_shift(z2, params, reverse, self.bounds)
+        return torch.cat([z1, z2], dim=1), logdet + lad.sum(dim=(1, 2, 3))
+
+    def forward(
+        self,
+        input: torch.Tensor,
+        logdet: torch.Tensor | None = None,
+        reverse: bool = False,
+        ft: torch.Tensor | None = None,
+        std: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        z = input
+        if ft is None:
+            raise ValueError("RQSplineCoupling needs the conditioning features ft")
+        if z.shape[1] != self.in_channels:
+            raise ValueError(f"expected {self.in_channels} channels, got {z.shape[1]}")
+        if logdet is None:
+            logdet = z.new_zeros(z.shape[0])
+        use_std = std is not None and self.fRQspline_std is not None
+        std_map = self._expand_std(std, z.shape[2], z.shape[3]) if use_std else None
+
+        if not reverse:
+            params = unpack_params(self.fFeatures(ft), self.in_channels)
+            z, lad = spline_shift(z, params, False, self.bounds)
+            logdet = logdet + lad.sum(dim=(1, 2, 3))
+            if std_map is not None:
+                z, logdet = self._half(z, std_map, self.fRQspline_std, logdet, False)
+            z, logdet = self._half(z, ft, self.fRQspline, logdet, False)
+        else:
+            z, logdet = self._half(z, ft, self.fRQspline, logdet, True)
+            if std_map is not None:
+                z, logdet = self._half(z, std_map, self.fRQspline_std, logdet, True)
+            params = unpack_params(self.fFeatures(ft), self.in_channels)
+            z, lad = spline_shift(z, params, True, self.bounds)
+            logdet = logdet + lad.sum(dim=(1, 2, 3))
+        return z, logdet
