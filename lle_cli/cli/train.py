@@ -32,6 +32,7 @@ def zero_dce(
     device: DeviceOpt = "cpu",
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
     quiet: QuietOpt = False,
+    record: Annotated[bool, typer.Option("--record", help="Write a run record (lle-run.json) beside the weights.")] = False,
 ) -> int:
     """Train a Zero-DCE curve network with the zero-reference losses (the embedded model's recipe)."""
     if output.exists() and not overwrite:
@@ -47,5 +48,25 @@ def zero_dce(
                                 progress=lambda s, n, loss: progress.update(task, completed=s, loss=loss))
     if not quiet:
         err_console.print(f"trained {result.steps} steps on {result.images} images in {result.seconds:.0f} s; final loss {result.final_loss:.4f}")
+    if record:
+        from dataclasses import asdict
+
+        from .. import record as run_record
+        from ..train.zero_dce import IMAGE_SUFFIXES
+
+        path = run_record.write_training_record(
+            output, family="zero_dce", data=data, options={"config": asdict(cfg)}, seed=cfg.seed, device=str(device),
+            seconds=result.seconds, suffixes=IMAGE_SUFFIXES, final_loss=result.final_loss,
+        )
+        if not quiet:
+            err_console.print(f"[dim]run record: {path}[/dim]")
     print(output)
     return 0
+
+
+# the CLIP-guided and contrastive trainers live in their own module
+from . import train_guided as _guided  # noqa: E402
+
+app.command("rave")(_guided.rave)
+app.command("clip-lit-latent")(_guided.clip_lit_latent)
+app.command("scl-lle")(_guided.scl_lle)
