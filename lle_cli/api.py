@@ -12,12 +12,39 @@ from pathlib import Path
 import numpy as np
 
 from .device import select_device, select_dtype
-from .loading import import_checkpoint, load_weights
+from .download import ProgressFn
+from .loading import (
+    ExportResult,
+    FetchResult,
+    VerifyResult,
+    export_weights,
+    fetch_weights,
+    import_checkpoint,
+    load_weights,
+    remove_weights,
+    verify_weights,
+)
 from .models import build_model, load_state_strict
 from .registry import ModelEntry, get_registry
 from .runner import LoadedModel
 
-__all__ = ["load_model", "enhance_array", "list_models", "model_info", "import_checkpoint"]
+__all__ = [
+    "load_model",
+    "enhance_array",
+    "sample",
+    "list_models",
+    "model_info",
+    "import_checkpoint",
+    "download_model",
+    "verify_models",
+    "remove_model",
+    "export_model",
+    "evaluate",
+    "residual_tokens",
+    "train_rave",
+    "train_clip_lit_latent",
+    "train_scl_lle",
+]
 
 
 def list_models() -> list[ModelEntry]:
@@ -29,14 +56,50 @@ def model_info(name: str) -> ModelEntry:
     return get_registry().resolve(name)
 
 
+def download_model(
+    name: str, *, offline: bool = False, force: bool = False, progress: ProgressFn | None = None
+) -> FetchResult:
+    """Put the model's verified weights in the cache (hub first, then the authors' file); no-op if there."""
+    return fetch_weights(get_registry().resolve(name), offline=offline, force=force, progress=progress)
+
+
+def verify_models(names: list[str] | None = None) -> list[VerifyResult]:
+    """Re-hash the embedded and cached weights of ``names`` (default: every model)."""
+    reg = get_registry()
+    entries = [reg.resolve(n) for n in names] if names else list_models()
+    return verify_weights(entries)
+
+
+def remove_model(name: str) -> list[Path]:
+    """Delete a model's cached weights (not the hub cache's copy); the paths removed."""
+    return remove_weights(get_registry().resolve(name))
+
+
+def export_model(
+    name: str, directory: str | Path, *, overwrite: bool = False, offline: bool = False, progress: ProgressFn | None = None
+) -> ExportResult:
+    """Write the model's safetensors and its hub repo's model card (README.md) into ``directory``."""
+    return export_weights(get_registry().resolve(name), Path(directory), overwrite=overwrite, offline=offline, progress=progress)
+
+
 def load_model(
-    name: str | None = None, *, weights: str | Path | None = None, device: str = "auto", precision: str = "auto"
+    name: str | None = None,
+    *,
+    weights: str | Path | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    offline: bool = False,
+    progress: ProgressFn | None = None,
 ) -> LoadedModel:
-    """Build the named model (None: the embedded default), load verified weights, move to device."""
+    """Build the named model (None: the embedded default), load verified weights, move to device.
+
+    Weights not on this machine are downloaded once and cached, unless ``offline`` (or
+    ``HF_HUB_OFFLINE=1``); ``progress(label, done, total)`` is called as bytes arrive.
+    """
     entry = get_registry().resolve(name)
     dev = select_device(device)
     dtype = select_dtype(precision, dev)
-    state, source = load_weights(entry, Path(weights) if weights else None)
+    state, source = load_weights(entry, Path(weights) if weights else None, offline=offline, progress=progress)
     module = build_model(entry.family, entry.architecture)
     load_state_strict(module, state, source=source)
     module.eval().to(dev, dtype)
@@ -46,3 +109,105 @@ def load_model(
 def enhance_array(model: LoadedModel, rgb: np.ndarray) -> np.ndarray:
     """Enhance one RGB image given as (H, W, 3) float in [0, 1]."""
     return model.enhance(rgb)
+
+
+def sample(
+    model: LoadedModel,
+    rgb: np.ndarray,
+    *,
+    n: int = 1,
+    taus: tuple[float, ...] = (1.0,),
+    offsets: tuple[float, ...] = (0.0,),
+    seed: int | None = None,
+    **kwargs,
+):
+    """Draw enhancements of one (H, W, 3) image from a flow model: z = g(x) + tau * eps + offset.
+
+    Returns an ``lle_cli.sampling.SampleSet`` (images unclamped, with per-sample statistics, seeds
+    and flags); ``kwargs`` go to ``lle_cli.sampling.sample_array`` (``batch_size``,
+    ``resample_bad``, ``max_tries``, ``max_out_of_range``, ``progress``).
+    """
+    from .sampling import sample_array
+
+    return sample_array(model, rgb, n=n, taus=taus, offsets=offsets, seed=seed, **kwargs)
+
+
+def evaluate(
+    predictions: str | Path,
+    references: str | Path,
+    *,
+    protocol: str = "plain",
+    model: LoadedModel | None = None,
+    save: str | Path | None = None,
+    overwrite: bool = False,
+    **kwargs,
+):
+    """PSNR/SSIM of a folder of predictions against references (pairs by file stem) under ``protocol``.
+
+    With ``model``, ``predictions`` holds the low-light inputs: each is enhanced first (``save``
+    writes the results and a run record). Returns an ``lle_cli.evaluate.EvalReport``; see that
+    module for the protocols (``plain``, ``llflow``) and ``kwargs`` (``extras``, ``progress``,
+    ``predict``, ``predict_options``, ``seed``).
+    """
+    from .errors import UsageError
+    from .evaluate import evaluate_model, evaluate_predictions
+
+    if model is None:
+        if save is not None:
+            raise UsageError("--save needs --model: without a model there is nothing new to write")
+        return evaluate_predictions(predictions, references, protocol, **kwargs)
+    return evaluate_model(model, predictions, references, protocol, save_dir=save, overwrite=overwrite, **kwargs)
+
+
+def residual_tokens(
+    *,
+    welllit: str | Path | None = None,
+    backlit: str | Path | None = None,
+    load: str | Path | None = None,
+    top: int = 7,
+    shift_tokens: int = 0,
+    save: str | Path | None = None,
+    clip=None,
+    device: str = "auto",
+    progress=None,
+) -> dict:
+    """RAVE's residual vector (from two image folders, or ``load``-ed) and the CLIP vocabulary tokens with
+    the ``top`` lowest/highest cosine similarity to it (RAVE Eq. 10, 14, Table 2); ``shift_tokens``
+    applies Eq. 15-16 first, ``save`` writes the vector. ``clip`` is an ``lle_cli.clip.ClipSpec``;
+    ``progress(stage, done, total)`` reports the embedding of images and of the vocabulary."""
+    from .clip import load_clip
+    from .residual import load_residual, residual_from_folders, save_residual, shifted, token_report
+
+    model = load_clip(clip, device=select_device(device))
+    stage = (lambda name: (lambda d, t: progress(name, d, t))) if progress else (lambda name: None)
+    if load is not None:
+        rv = load_residual(Path(load), clip_key=model.key)
+    else:
+        rv = residual_from_folders(model, Path(backlit), Path(welllit), progress=stage("images"))
+    if shift_tokens:
+        rv = shifted(model, rv, shift_tokens, progress=stage("vocabulary"))
+    report = token_report(model, rv, top=top, progress=stage("vocabulary"))
+    if save is not None:
+        save_residual(rv, Path(save), clip_key=model.key)
+    return report
+
+
+def train_rave(backlit: str | Path, welllit: str | Path, output: str | Path, config=None, **kwargs):
+    """Train RAVE; see ``lle_cli.train.rave.train_rave`` (config: ``RaveTrainConfig``)."""
+    from .train.rave import train_rave as _train
+
+    return _train(Path(backlit), Path(welllit), Path(output), config, **kwargs)
+
+
+def train_clip_lit_latent(backlit: str | Path, welllit: str | Path, output: str | Path, config=None, **kwargs):
+    """Train CLIP-LIT-Latent; see ``lle_cli.train.clip_lit_latent`` (config: ``ClipLitLatentTrainConfig``)."""
+    from .train.clip_lit_latent import train_clip_lit_latent as _train
+
+    return _train(Path(backlit), Path(welllit), Path(output), config, **kwargs)
+
+
+def train_scl_lle(images: str | Path, positives: str | Path, negatives: str | Path, output: str | Path, config=None, **kwargs):
+    """Train SCL-LLE; see ``lle_cli.train.scl_lle.train_scl_lle`` (config: ``SclTrainConfig``, ``labels=DIR``)."""
+    from .train.scl_lle import train_scl_lle as _train
+
+    return _train(Path(images), Path(positives), Path(negatives), Path(output), config, **kwargs)

@@ -11,6 +11,9 @@ from .. import __version__
 from ..errors import LLEError
 from ._common import err_console
 from . import enhance, models, train
+from . import eval as eval_cmd
+from . import sample as sample_cmd
+from .residual_tokens import residual_tokens
 
 app = typer.Typer(
     name="lle",
@@ -21,8 +24,11 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command("enhance")(enhance.enhance)
+app.command("eval")(eval_cmd.eval_)
+app.command("sample")(sample_cmd.sample)
 app.add_typer(models.app, name="models")
 app.add_typer(train.app, name="train")
+app.command("residual-tokens")(residual_tokens)
 
 
 def _version(value: bool) -> None:

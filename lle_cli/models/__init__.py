@@ -17,6 +17,7 @@ from torch import nn
 
 from ..errors import WeightsError
 from .illumination_unet import IlluminationUNet, IlluminationUNetConfig
+from .llflow import LLFlow, LLFlowConfig
 from .zero_dce import ZeroDCE, ZeroDCEConfig
 
 __all__ = ["FamilySpec", "FAMILIES", "build_model", "detect_family", "load_state_strict"]
@@ -60,6 +61,15 @@ FAMILIES: dict[str, FamilySpec] = {
         description="Zero-DCE curve-estimation network (8 quadratic curve iterations)",
         signature_keys=frozenset({"e_conv1.weight", "e_conv7.weight"}),
     ),
+    "llflow": FamilySpec(
+        name="llflow",
+        config_cls=LLFlowConfig,
+        model_cls=LLFlow,
+        description="LLFlow conditional normalizing flow (encoder + invertible network); enhance = the latent mean",
+        # multiple_of stays 1: the model pads itself (by 1..16 px, symmetric), because its histogram
+        # equalisation must see the padded image exactly as upstream's does
+        signature_keys=frozenset({"RRDB.conv_first.weight", "RRDB.fine_tune_color_map.0.weight"}),
+    ),
 }
 
 
@@ -78,6 +88,10 @@ def detect_family(state: Mapping[str, torch.Tensor]) -> str | None:
 
 def load_state_strict(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:
     """Load weights, turning missing/unexpected keys or wrong shapes into one clear error."""
+    # upstream modules a family never calls (e.g. LLFlow's unused heads) are dropped, not built
+    ignored = tuple(getattr(model, "ignored_checkpoint_prefixes", ()))
+    if ignored:
+        state = {k: v for k, v in state.items() if not k.startswith(ignored)}
     own = model.state_dict()
     missing = sorted(own.keys() - state.keys())
     unexpected = sorted(state.keys() - own.keys())

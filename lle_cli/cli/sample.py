@@ -1,0 +1,147 @@
+"""``lle sample``: draw several enhancements of each photo from a flow model (LLFlow)."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .. import api
+from ..batch import STDIO, expand_inputs
+from ..errors import UsageError
+from ..sampling import SampleOptions, ensure_flow_model, normalise_format, run_sample_job
+from ._common import DeviceOpt, JsonOpt, PrecisionOpt, QuietOpt, WeightsOpt, err_console, show_progress
+
+DEFAULT_MODEL = "llflow"
+_OWN_OUTPUT = re.compile(r"_(sample\d+|mean)(_tau[^_]+)?(_off[^_]+)?$|_sheet$")
+
+
+def _numbers(values: list[str], flag: str) -> tuple[float, ...]:
+    """Repeated and/or comma-separated numbers: ``--tau 0.5 --tau 1`` or ``--tau 0.5,1``."""
+    out = []
+    for v in values:
+        for part in v.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                out.append(float(part))
+            except ValueError:
+                raise UsageError(f"{flag} {part!r}: not a number") from None
+    return tuple(dict.fromkeys(out))  # repeated values would only overwrite each other's files
+
+
+def sample(
+    inputs: Annotated[list[str], typer.Argument(help="Image files, directories, globs, or - for one image on stdin.", show_default=False)],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output directory (created if missing). Default: beside each input.")] = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="A flow model (see `lle models list`).")] = DEFAULT_MODEL,
+    weights: WeightsOpt = None,
+    n: Annotated[int, typer.Option("--n", "-n", min=1, help="Samples per (tau, offset) pair; tau 0 is deterministic and drawn once.")] = 4,
+    tau: Annotated[list[str], typer.Option("--tau", "-t", help="Spread of the latent (temperature); repeat or comma-separate for several.")] = ["1.0"],  # noqa: B006
+    z_offset: Annotated[list[str], typer.Option("--z-offset", help="Constant added to the latent: brightness (paper Fig. 6 sweeps -0.4..0.4); repeat or comma-separate.")] = ["0"],  # noqa: B006
+    seed: Annotated[Optional[int], typer.Option("--seed", "-s", help="Base seed: sample j uses seed + j. Default: random, and reported.")] = None,
+    mean: Annotated[bool, typer.Option("--mean", help="Also write the mean of the samples of each (tau, offset).")] = False,
+    sheet: Annotated[bool, typer.Option("--sheet/--no-sheet", help="Write a contact sheet <stem>_sheet.png with every sample and its tau/offset/seed.")] = True,
+    resample_bad: Annotated[bool, typer.Option("--resample-bad", help="Redraw samples that are non-finite or out of range (new seeds are recorded).")] = False,
+    max_tries: Annotated[int, typer.Option("--max-tries", min=1, help="Draws per sample with --resample-bad, the first included.")] = 5,
+    max_out_of_range: Annotated[float, typer.Option("--max-out-of-range", help="A sample with more than this fraction of values outside [-0.5, 1.5] is flagged.")] = 0.01,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Latents decoded at once. Default: as many as fit in memory.")] = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    fmt: Annotated[Optional[str], typer.Option("--format", "-f", help="png, jpeg, tiff, webp or bmp; default: the input's format.")] = None,
+    quality: Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG/WebP quality.")] = 95,
+    bit_depth: Annotated[Optional[int], typer.Option("--bit-depth", help="8 or 16 (PNG/TIFF); default: the input's.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+) -> int:
+    """Draw diverse enhancements: z = g(x) + tau * eps + offset, decoded by the flow (LLFlow).
+
+    Writes <stem>_sample<j>[_tau<t>][_off<o>] per sample, <stem>_mean... with --mean and a contact sheet <stem>_sheet.png. The encoder runs once per image however many samples are drawn.
+
+    Exit code 0: all written, 1: an input failed or a sample was non-finite (never written), 2: usage error.
+    """
+    if bit_depth not in (None, 8, 16):
+        raise UsageError("--bit-depth must be 8 or 16")
+    opts = SampleOptions(
+        n=n, taus=_numbers(tau, "--tau"), offsets=_numbers(z_offset, "--z-offset"), seed=seed, mean=mean,
+        sheet=sheet, resample_bad=resample_bad, max_tries=max_tries, max_out_of_range=max_out_of_range,
+        batch_size=batch_size, format=normalise_format(fmt), quality=quality, bit_depth=bit_depth, overwrite=overwrite,
+    )
+    if not opts.taus or not opts.offsets:
+        raise UsageError("give at least one value to --tau and --z-offset")
+    if any(t < 0 for t in opts.taus):
+        raise UsageError("--tau must be >= 0")
+    if not 0.0 <= max_out_of_range <= 1.0:
+        raise UsageError(f"--max-out-of-range {max_out_of_range}: must be a fraction between 0 and 1")
+    if output is not None and output.exists() and not output.is_dir():
+        raise UsageError(f"-o {output}: must be a directory (lle sample writes several files per image)")
+    if not inputs:
+        raise UsageError("no input given; pass image files, directories, globs or - for stdin")
+    jobs = []
+    for item in inputs:
+        found = expand_inputs([item])
+        if Path(item).is_dir():  # our own earlier outputs in that folder are not inputs
+            found = [(p, e) for p, e in found if e or not _OWN_OUTPUT.search(Path(p).stem)]
+            found = found or [(item, f"{item}: no images to sample there, only earlier `lle sample` outputs")]
+        jobs += found
+    stdin_bytes = sys.stdin.buffer.read() if any(p == STDIO for p, _ in jobs) else None
+    ensure_flow_model(api.model_info(model))  # before any weights are loaded or fetched
+    loaded = api.load_model(model, weights=weights, device=device, precision=precision)
+    if not quiet and not json_out:
+        err_console.print(f"[dim]model {loaded.name} ({loaded.weights_source}) on {loaded.device}[/dim]")
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err_console, disable=not show_progress(quiet, json_out), transient=True,
+    )
+    failed = 0
+    with progress:
+        for path, error in jobs:
+            if error:
+                failed += 1
+                if json_out:
+                    print(json.dumps({"input": path, "model": loaded.name, "status": "error", "error": error}), flush=True)
+                else:
+                    err_console.print(f"[red]Error:[/red] {error}", markup=True, soft_wrap=True)
+                continue
+            task = progress.add_task(Path(path).name if path != STDIO else "stdin", total=None)
+            result = run_sample_job(
+                loaded, path, output, opts, stdin=stdin_bytes,
+                progress=lambda done, total, task=task: progress.update(task, completed=done, total=total),
+            )
+            progress.remove_task(task)
+            if result.status != "ok":
+                failed += 1
+            if json_out:
+                print(json.dumps(result.to_dict()), flush=True)
+                continue
+            for s in result.samples:
+                if s["output"]:
+                    print(s["output"], flush=True)
+            for m in result.means:
+                if m["output"]:
+                    print(m["output"], flush=True)
+            if result.sheet:
+                print(result.sheet, flush=True)
+            if quiet:
+                if result.error:
+                    err_console.print(f"[red]Error:[/red] {result.error}", markup=True, soft_wrap=True)
+                continue
+            for s in result.samples:
+                if s["rejected_seeds"]:
+                    err_console.print(f"[yellow]redrew[/yellow] sample {s['index']} (tau {s['tau']:g}, offset {s['offset']:g}): "
+                                      f"seeds {s['rejected_seeds']} were bad, now seed {s['seed']}", soft_wrap=True)
+                if s["status"] == "out_of_range":
+                    err_console.print(f"[yellow]Warning:[/yellow] {path}: sample {s['index']} (tau {s['tau']:g}, offset {s['offset']:g}) "
+                                      f"has {s['out_of_range_fraction']:.1%} of its values outside [-0.5, 1.5] (clipped when written)",
+                                      soft_wrap=True)
+            if result.error:
+                err_console.print(f"[red]Error:[/red] {result.error}", markup=True, soft_wrap=True)
+            elif result.seed is not None and seed is None:
+                err_console.print(f"[dim]{path}: seed {result.seed} (pass --seed {result.seed} to reproduce)[/dim]")
+    return 1 if failed else 0

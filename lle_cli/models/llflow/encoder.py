@@ -1,0 +1,165 @@
+"""LLFlow's conditional encoder g (paper Sec. 3.2, upstream ``ConEncoder1``).
+
+Input: the log image and its histogram equalisation (``lq``, 6 channels). The encoder adds the colour
+map C(x) = x / sum_c(x) (eq. 5, on ``exp`` of the log channels) and the noise map
+N(x) = max(|d_H C|, |d_W C|) (eq. 6, central differences with zeros outside), runs an RRDB trunk at half
+resolution and returns the conditioning pyramid the flow consumes plus its colour-map head g(x_l),
+the mean of the latent.
+
+Attribute names follow upstream so the authors' checkpoints load unchanged. Upstream's
+``downconv3``, ``HRconv``, ``conv_last`` and ``awb_para`` are never called in its forward pass; they
+are not built here (their checkpoint keys are skipped on load, see ``UNUSED_CHECKPOINT_PREFIXES``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import LLFlowConfig
+
+__all__ = ["ConditionEncoder", "EncoderFeatures", "colour_map", "noise_map"]
+
+
+def colour_map(rgb: torch.Tensor) -> torch.Tensor:
+    """Eq. 5: each channel over the channel sum (upstream adds 1e-4 to the sum)."""
+    return rgb / (rgb.sum(dim=1, keepdim=True) + 1e-4)
+
+
+def _central_difference(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``0.5 * (x[i+1] - x[i-1])`` along ``dim`` with zeros beyond the border."""
+    n = x.shape[dim]
+    nxt = torch.zeros_like(x)
+    prv = torch.zeros_like(x)
+    nxt.narrow(dim, 0, n - 1).copy_(x.narrow(dim, 1, n - 1))
+    prv.narrow(dim, 1, n - 1).copy_(x.narrow(dim, 0, n - 1))
+    return 0.5 * (nxt - prv)
+
+
+def noise_map(cmap: torch.Tensor) -> torch.Tensor:
+    """Eq. 6: the larger absolute gradient of the colour map, per pixel and channel."""
+    return torch.maximum(_central_difference(cmap, 2).abs(), _central_difference(cmap, 3).abs())
+
+
+class _DenseBlock(nn.Module):
+    """Residual dense block: five 3x3 convolutions with dense concatenation, residual scaled by 0.2."""
+
+    def __init__(self, nf: int, gc: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(nf, gc, 3, 1, 1)
+        self.conv2 = nn.Conv2d(nf + gc, gc, 3, 1, 1)
+        self.conv3 = nn.Conv2d(nf + 2 * gc, gc, 3, 1, 1)
+        self.conv4 = nn.Conv2d(nf + 3 * gc, gc, 3, 1, 1)
+        self.conv5 = nn.Conv2d(nf + 4 * gc, nf, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        convs = (self.conv1, self.conv2, self.conv3, self.conv4)
+        if torch.is_grad_enabled():
+            feats = [x]
+            for conv in convs:
+                feats.append(F.leaky_relu(conv(torch.cat(feats, 1)), 0.2))
+            return self.conv5(torch.cat(feats, 1)) * 0.2 + x
+        # Inference: grow one buffer instead of re-concatenating every step (~30% faster, same
+        # values); autograd forbids writing into a tensor whose slices it saved, hence two paths.
+        c, gc = x.shape[1], self.conv1.out_channels
+        buf = x.new_empty(x.shape[0], c + 4 * gc, *x.shape[2:])
+        buf[:, :c] = x
+        for i, conv in enumerate(convs):
+            n = c + i * gc
+            buf[:, n : n + gc] = F.leaky_relu(conv(buf[:, :n]), 0.2)
+        return self.conv5(buf) * 0.2 + x
+
+
+class _RRDB(nn.Module):
+    """Residual in residual dense block (ESRGAN)."""
+
+    def __init__(self, nf: int, gc: int) -> None:
+        super().__init__()
+        self.RDB1 = _DenseBlock(nf, gc)
+        self.RDB2 = _DenseBlock(nf, gc)
+        self.RDB3 = _DenseBlock(nf, gc)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.RDB3(self.RDB2(self.RDB1(x))) * 0.2 + x
+
+
+@dataclass
+class EncoderFeatures:
+    """What the flow needs from one encoder pass (all at the padded size's fractions).
+
+    ``levels[i]`` conditions flow level ``i + 1``: the raw features at 1/2, 1/4, 1/8 resolution with
+    the stacked RRDB outputs concatenated (upstream ``rrdbPreprocessing``: fea_up2, fea_up1, fea_up0).
+    ``color_map`` is g(x_l) at full padded resolution; ``squeeze2d(color_map, 8)`` is the latent mean.
+    """
+
+    levels: list[torch.Tensor]
+    color_map: torch.Tensor
+
+    def to(self, dtype: torch.dtype) -> EncoderFeatures:
+        return EncoderFeatures([f.to(dtype) for f in self.levels], self.color_map.to(dtype))
+
+
+def _half(x: torch.Tensor) -> torch.Tensor:
+    # upstream's exact call: for even sizes this is 2x2 averaging mathematically, not bit for bit
+    return F.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False, recompute_scale_factor=True)
+
+
+class ConditionEncoder(nn.Module):
+    """Upstream ``ConEncoder1`` (the parts its forward pass uses)."""
+
+    def __init__(self, config: LLFlowConfig) -> None:
+        super().__init__()
+        self.config = cfg = config
+        nf = cfg.nf
+        self.conv_first = nn.Conv2d(cfg.encoder_in_channels, nf, 3, 1, 1)
+        self.conv_second = nn.Conv2d(nf, nf, 3, 1, 1)
+        self.RRDB_trunk = nn.Sequential(*(_RRDB(nf, cfg.gc) for _ in range(cfg.nb)))
+        self.trunk_conv = nn.Conv2d(nf, nf, 3, 1, 1)
+        self.downconv1 = nn.Conv2d(nf, nf, 3, 1, 1)
+        self.downconv2 = nn.Conv2d(nf, nf, 3, 1, 1)
+        self.fine_tune_color_map = nn.Sequential(nn.Conv2d(nf, 3, 1, 1), nn.Sigmoid())
+
+    @staticmethod
+    def first_conv_input(lq: torch.Tensor) -> torch.Tensor:
+        """``cat(lq, C(exp(log image)), N(C))``: the 12 channels of paper Fig. 3."""
+        cmap = colour_map(lq[:, :3].exp())
+        return torch.cat([lq, cmap, noise_map(cmap)], dim=1)
+
+    def _trunk(self, lq: torch.Tensor, keep: frozenset[int] | None) -> tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor]]:
+        """``fea_head`` (half resolution), the last block's output and the blocks in ``keep`` (None: all).
+
+        Only the kept block outputs stay alive: at 2048x1536 each is ~200 MB.
+        """
+        head = self.conv_second(F.leaky_relu(self.conv_first(self.first_conv_input(lq)), 0.2))
+        head = F.max_pool2d(head, 2)
+        kept: dict[int, torch.Tensor] = {}
+        out = head
+        for i, block in enumerate(self.RRDB_trunk):
+            out = block(out)
+            if keep is None or i in keep:
+                kept[i] = out
+        return head, out, kept
+
+    def block_features(self, lq: torch.Tensor) -> torch.Tensor:
+        """All RRDB block outputs concatenated, (B, nb * nf, H/2, W/2): a descriptor for OOD scoring."""
+        kept = self._trunk(lq, None)[2]
+        return torch.cat([kept[i] for i in range(len(kept))], dim=1)
+
+    def forward(self, lq: torch.Tensor) -> EncoderFeatures:
+        stack = self.config.stack_blocks
+        head, last, kept = self._trunk(lq, frozenset(stack))
+        fea_down2 = head + self.trunk_conv(last)
+        # Upstream applies an in-place LeakyReLU to fea_down4 before the next step, so the feature
+        # it returns for level 2 (fea_up1) is the activated one; fea_down8 has no activation.
+        fea_down4 = F.leaky_relu(self.downconv1(_half(fea_down2)), 0.2)
+        fea_down8 = self.downconv2(_half(fea_down4))
+        color_map = self.fine_tune_color_map(F.interpolate(fea_down2, scale_factor=2))  # nearest
+        levels = [fea_down2, fea_down4, fea_down8]
+        if stack:
+            stacked = torch.cat([kept[i] for i in stack], dim=1)
+            # nearest resize: the identity at 1/2, every 2nd pixel at 1/4, every 4th at 1/8
+            levels = [torch.cat([f, F.interpolate(stacked, f.shape[-2:])], dim=1) for f in levels]
+        return EncoderFeatures(levels, color_map)

@@ -1,0 +1,305 @@
+"""``lle sample`` and ``lle_cli.sampling``: reproducible, cheap, size-agnostic, honest about bad samples."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lle_cli import api
+from lle_cli.cli.main import main
+from lle_cli.errors import UsageError
+from lle_cli.models import build_model, load_state_strict
+from lle_cli.models.llflow import LLFlow, LLFlowConfig
+from lle_cli.registry import get_registry
+from lle_cli.runner import LoadedModel
+from lle_cli.sampling import contact_sheet, output_names, sample_array, sample_stats, SampleOptions
+from lle_cli.weights import load_upstream_checkpoint, save_safetensors
+
+from .conftest import shared_path
+
+TINY = LLFlowConfig(nf=8, nb=2, gc=8, K=2, hidden_channels=8, stack_blocks=(1,))
+SMALL = LLFlowConfig(nf=32, nb=4, K=4, stack_blocks=(1,))  # the architecture of llflow.lol-small
+
+
+def _perturb(model: torch.nn.Module, sigma: float = 0.02) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(sigma * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+def _fresh(cfg: LLFlowConfig) -> LLFlow:
+    """Random weights that behave like a trained flow: data-initialised ActNorms, then perturbed."""
+    g = torch.Generator().manual_seed(1)
+    low = torch.rand(1, 3, 24, 40, generator=g) * 0.25
+    model = LLFlow(cfg)
+    model.initialize_actnorms(low, (low * 4).clamp(0, 1))
+    return _perturb(model, 0.01)
+
+
+def loaded(cfg: LLFlowConfig = TINY, module: torch.nn.Module | None = None) -> LoadedModel:
+    module = module if module is not None else _fresh(cfg)
+    return LoadedModel(get_registry().resolve("llflow.lol-small"), module.eval(), torch.device("cpu"), torch.float32, "test")
+
+
+@pytest.fixture(scope="module")
+def tiny() -> LoadedModel:
+    return loaded()
+
+
+@pytest.fixture
+def photo(rng) -> np.ndarray:
+    return (rng.random((21, 34, 3)) * 0.3).astype(np.float32)
+
+
+# -- library --------------------------------------------------------------------------------
+
+
+def test_seeded_samples_are_reproducible_and_sample_j_uses_seed_plus_j(tiny, photo) -> None:
+    a = sample_array(tiny, photo, n=3, taus=(0.8,), seed=42)
+    b = sample_array(tiny, photo, n=3, taus=(0.8,), seed=42)
+    assert [s.seed for s in a.samples] == [42, 43, 44] and a.seed == 42
+    for x, y in zip(a.samples, b.samples):
+        np.testing.assert_array_equal(x.image, y.image)
+    assert not np.allclose(a.samples[0].image, a.samples[1].image)  # different eps, different image
+    one = sample_array(tiny, photo, n=1, taus=(0.8,), seed=43)
+    np.testing.assert_allclose(one.samples[0].image, a.samples[1].image, rtol=1e-5, atol=1e-5)
+    assert sample_array(tiny, photo, n=1).seed >= 0  # unseeded: a random base seed, reported
+
+
+def test_tau0_offset0_is_what_enhance_returns(tiny, photo) -> None:
+    s = sample_array(tiny, photo, n=5, taus=(0.0,), offsets=(0.0,))
+    assert len(s.samples) == 1 and s.samples[0].seed is None  # deterministic: drawn once
+    np.testing.assert_allclose(np.clip(s.samples[0].image, 0, 1), api.enhance_array(tiny, photo), rtol=1e-5, atol=1e-5)
+
+
+def test_sweep_shares_eps_across_tau_and_offset(tiny, photo) -> None:
+    s = sample_array(tiny, photo, n=2, taus=(0.0, 0.5), offsets=(-0.2, 0.3), seed=7)
+    assert [(x.index, x.tau, x.offset, x.seed) for x in s.samples] == [
+        (0, 0.0, -0.2, None), (0, 0.0, 0.3, None),
+        (0, 0.5, -0.2, 7), (1, 0.5, -0.2, 8), (0, 0.5, 0.3, 7), (1, 0.5, 0.3, 8),
+    ]
+    assert set(s.groups()) == {(0.0, -0.2), (0.0, 0.3), (0.5, -0.2), (0.5, 0.3)}
+    m = s.mean(0.5, 0.3)
+    np.testing.assert_allclose(m, (s.samples[4].image + s.samples[5].image) / 2, rtol=1e-6)
+
+
+def test_encoder_runs_once_and_batching_does_not_change_samples(photo) -> None:
+    model = loaded()
+    calls = []
+    model.module.RRDB.register_forward_hook(lambda *a: calls.append(1))
+    auto = sample_array(model, photo, n=6, seed=3)
+    assert len(calls) == 1 and auto.batch_size == 6 and auto.decoded == 6
+    one_by_one = sample_array(model, photo, n=6, seed=3, batch_size=1)
+    assert len(calls) == 2 and one_by_one.batch_size == 1
+    for x, y in zip(auto.samples, one_by_one.samples):
+        np.testing.assert_allclose(x.image, y.image, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (13, 37), (48, 16)])
+def test_any_image_size_comes_back_at_its_size(tiny, hw) -> None:
+    s = sample_array(tiny, np.full((*hw, 3), 0.2, np.float32), n=2, taus=(1.0,), offsets=(0.1,), seed=0)
+    assert all(x.image.shape == (*hw, 3) for x in s.samples)
+
+
+def test_sample_stats() -> None:
+    img = np.zeros((2, 5, 3), np.float32)
+    img[0, 0] = [np.nan, 0.5, 0.5]
+    img[0, 1] = [2.0, 2.0, 2.0]  # out of range
+    img[1, 4] = [1.0, 1.0, 1.0]
+    st = sample_stats(img)
+    assert st.nonfinite_fraction == pytest.approx(1 / 30)
+    assert st.out_of_range_fraction == pytest.approx(3 / 30)
+    assert st.mean_brightness == pytest.approx(2 / 9, rel=1e-5)  # 9 finite pixels, two of them white (clamped)
+    assert (st.min, st.max) == (0.0, 2.0)
+    assert sample_stats(np.full((1, 1, 3), np.inf, np.float32)).mean_brightness is None
+
+
+class _Exploding:
+    """Wraps ``decode`` so that the first ``bad`` latents it ever sees decode to NaN or to huge values."""
+
+    def __init__(self, module: LLFlow, bad: int, value: float) -> None:
+        self.decode, self.left, self.value = module.decode, bad, value
+        module.decode = self
+
+    def __call__(self, features, z):
+        out, ld = self.decode(features, z)
+        k = min(self.left, out.shape[0])
+        if k:
+            out = out.clone()
+            out[:k, :, ::2] = self.value
+            self.left -= k
+        return out, ld
+
+
+def test_non_finite_samples_are_flagged_and_redrawn_with_recorded_seeds(photo) -> None:
+    model = loaded()
+    _Exploding(model.module, bad=1, value=float("nan"))
+    s = sample_array(model, photo, n=2, seed=10, max_out_of_range=0.2)
+    first = s.samples[0]
+    assert first.status == "non_finite" and first.bad and first.stats.nonfinite_fraction > 0.3
+    assert s.samples[1].status == "ok"
+    # both first draws explode (seeds 10, 11), then the first redraw (seed 12); redraws use seed + n on
+    _Exploding(model.module, bad=3, value=float("inf"))
+    s = sample_array(model, photo, n=2, seed=10, resample_bad=True, max_out_of_range=0.2)
+    assert [(x.status, x.rejected_seeds, x.seed) for x in s.samples] == [("ok", [10, 12], 14), ("ok", [11], 13)]
+    assert s.decoded == 5
+    _Exploding(model.module, bad=10, value=float("inf"))
+    s = sample_array(model, photo, n=1, seed=0, resample_bad=True, max_tries=3)
+    assert s.samples[0].status == "non_finite" and s.samples[0].rejected_seeds == [0, 1]  # gave up after 3 draws
+
+
+def test_out_of_range_samples_are_flagged_not_hidden(photo) -> None:
+    model = loaded()
+    _Exploding(model.module, bad=1, value=40.0)
+    s = sample_array(model, photo, n=2, seed=1, max_out_of_range=0.2)
+    assert s.samples[0].status == "out_of_range" and s.samples[0].stats.out_of_range_fraction > 0.3
+    assert s.samples[1].status == "ok"
+
+
+def test_bad_arguments_and_non_flow_models_are_refused(tiny, photo) -> None:
+    for kwargs in ({"n": 0}, {"taus": (-1.0,)}, {"offsets": (float("nan"),)}, {"batch_size": 0}, {"taus": ()}):
+        with pytest.raises(UsageError):
+            sample_array(tiny, photo, **kwargs)
+    zero_dce = LoadedModel(get_registry().resolve("scl-lle"), build_model("zero_dce"), torch.device("cpu"), torch.float32, "x")
+    with pytest.raises(UsageError, match="not a flow"):
+        sample_array(zero_dce, photo)
+
+
+def test_contact_sheet_shows_non_finite_pixels_in_magenta() -> None:
+    good = np.full((10, 20, 3), 0.5, np.float32)
+    bad = good.copy()
+    bad[:, :] = np.nan
+    sheet = contact_sheet([good, bad, good], ["a", "b\nNON-FINITE", "c"], columns=2, cell=40, flagged=[False, True, False])
+    assert sheet.dtype == np.uint8 and sheet.shape[1] > 2 * 40 and sheet.shape[0] > 2 * 20
+    magenta = np.all(sheet == [255, 0, 255], axis=2)
+    assert magenta.sum() == 40 * 20  # the whole second thumbnail, nothing else
+    assert not np.any(np.all(sheet == [0, 0, 0], axis=2))  # nothing painted black
+
+
+def test_output_names() -> None:
+    names, means, sheet = output_names("pic", ".png", SampleOptions(n=2, taus=(0.5,), offsets=(0.0,), mean=True))
+    assert names == ["pic_sample00.png", "pic_sample01.png"] and means == {(0.5, 0.0): "pic_mean.png"} and sheet == "pic_sheet.png"
+    names, _, _ = output_names("p", ".jpg", SampleOptions(n=1, taus=(0.0, 1.0), offsets=(-0.4, 0.2), sheet=False))
+    assert names == ["p_sample00_tau0_off-0.4.jpg", "p_sample00_tau0_off+0.2.jpg", "p_sample00_tau1_off-0.4.jpg", "p_sample00_tau1_off+0.2.jpg"]
+
+
+@pytest.mark.parity
+def test_seed_1234_reproduces_the_official_samples() -> None:
+    """The golden eps came from torch.Generator().manual_seed(1234): so do ours, for sample 0."""
+    module = LLFlow(LLFlowConfig(nb=8, K=2))
+    load_state_strict(module, load_upstream_checkpoint(shared_path("golden", "llflow", "llflow_mid_random.safetensors")), source="mid")
+    model = loaded(module=module)
+    rgb = np.asarray(Image.open(shared_path("golden", "inputs", "lowlight_odd.png")).convert("RGB"), dtype=np.float32) / np.float32(255)
+    s = sample_array(model, rgb, n=1, taus=(1.0, 0.5), offsets=(0.0, 0.2), seed=1234)
+    golden = {(1.0, 0.0): "tau1_off0", (0.5, 0.2): "tau0.5_off0.2"}
+    for x in s.samples:
+        if (x.tau, x.offset) in golden:
+            want = np.load(shared_path("golden", "llflow", "mid", f"lowlight_odd_sample_{golden[x.tau, x.offset]}.npy"))
+            want = want[0, :, 3:93, 6:137].transpose(1, 2, 0)  # padding [3, 3, 6, 7] undone
+            assert np.abs(x.image - want).max() / np.abs(want).max() < 1e-4
+
+
+# -- command line ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_weights(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("w") / "small.safetensors"
+    torch.manual_seed(0)
+    save_safetensors(_fresh(SMALL).state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def photos(tmp_path, rng) -> Path:
+    d = tmp_path / "photos"
+    d.mkdir()
+    Image.fromarray((rng.random((20, 30, 3)) * 70).astype(np.uint8)).save(d / "dark.png")
+    return d
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_help_lists_sample(capsys) -> None:
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and "sample" in out
+    assert main(["sample", "--help"]) == 0
+
+
+def test_cli_writes_samples_mean_sheet_and_json(capsys, photos, small_weights, tmp_path) -> None:
+    out_dir = tmp_path / "out"
+    args = ["sample", photos / "dark.png", "-m", "llflow.lol-small", "-w", small_weights, "-o", out_dir,
+            "--n", "2", "--tau", "0.5,1", "--z-offset", "-0.2", "--seed", "5", "--mean", "--json", "--max-out-of-range", "0.5"]
+    code, out, _ = run(capsys, *args)
+    assert code == 0
+    result = json.loads(out)
+    assert result["status"] == "ok" and result["seed"] == 5 and result["model"] == "llflow.lol-small"
+    names = sorted(p.name for p in out_dir.iterdir())
+    assert names == sorted([
+        "dark_sample00_tau0.5.png", "dark_sample01_tau0.5.png", "dark_sample00_tau1.png", "dark_sample01_tau1.png",
+        "dark_mean_tau0.5.png", "dark_mean_tau1.png", "dark_sheet.png",
+    ])
+    s = result["samples"]
+    assert [(x["tau"], x["offset"], x["seed"]) for x in s] == [(0.5, -0.2, 5), (0.5, -0.2, 6), (1.0, -0.2, 5), (1.0, -0.2, 6)]
+    for x in s:
+        assert {"mean_brightness", "nonfinite_fraction", "out_of_range_fraction", "status", "output", "rejected_seeds"} <= x.keys()
+        img = np.asarray(Image.open(x["output"]))
+        assert img.shape == (20, 30, 3)  # the padding is undone
+        assert x["mean_brightness"] == pytest.approx((img / 255.0 @ [0.299, 0.587, 0.114]).mean(), abs=2e-3)
+    assert {m["tau"]: m["n"] for m in result["means"]} == {0.5: 2, 1.0: 2}
+    # the same seed gives the same files; existing files are never replaced without --overwrite
+    before = {p.name: p.read_bytes() for p in out_dir.iterdir()}
+    code, out, _ = run(capsys, *args)
+    assert code == 1 and "already exists" in json.loads(out)["error"]
+    assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == before
+    code, _, _ = run(capsys, *args, "--overwrite")
+    assert code == 0
+    assert {p.name: p.read_bytes() for p in out_dir.iterdir() if p.name != "dark_sheet.png"} == {
+        k: v for k, v in before.items() if k != "dark_sheet.png"
+    }
+
+
+def test_cli_never_writes_non_finite_samples(capsys, photos, small_weights, tmp_path, monkeypatch) -> None:
+    original = LLFlow.decode
+
+    def decode(self, features, z):
+        out, ld = original(self, features, z)
+        out = out.clone()
+        out[0, :, out.shape[2] // 2] = float("nan")  # the first latent of every batch, a row inside the crop
+        return out, ld
+
+    monkeypatch.setattr(LLFlow, "decode", decode)
+    out_dir = tmp_path / "out"
+    code, out, err = run(capsys, "sample", photos / "dark.png", "-m", "llflow.lol-small", "-w", small_weights, "-o", out_dir,
+                         "--n", "2", "--seed", "0", "--no-sheet", "--max-out-of-range", "0.5", "-q")
+    assert code == 1 and "non-finite" in err and "--resample-bad" in err
+    assert sorted(p.name for p in out_dir.iterdir()) == ["dark_sample01.png"]
+    assert out.split() == [str(out_dir / "dark_sample01.png")]
+
+
+def test_cli_usage_errors(capsys, photos, small_weights) -> None:
+    src = photos / "dark.png"
+    assert run(capsys, "sample", src, "-m", "llflow.lol-small", "-w", small_weights, "--tau", "warm")[0] == 2
+    assert run(capsys, "sample", src, "-m", "llflow.lol-small", "-w", small_weights, "--tau", "-1")[0] == 2
+    assert run(capsys, "sample", src, "-m", "llflow.lol-small", "-w", small_weights, "-o", src)[0] == 2
+    code, _, err = run(capsys, "sample", src, "-m", "scl-lle")
+    assert code == 2 and "not a flow" in err
+
+
+def test_cli_skips_its_own_outputs_in_a_folder(capsys, photos, small_weights) -> None:
+    args = ["sample", photos, "-m", "llflow.lol-small", "-w", small_weights, "--n", "1", "--seed", "0", "-q", "--max-out-of-range", "1"]
+    assert run(capsys, *args)[0] == 0
+    code, out, _ = run(capsys, *args, "--overwrite")  # a second run samples dark.png again, not its samples
+    assert code == 0 and sorted(Path(p).name for p in out.split()) == ["dark_sample00.png", "dark_sheet.png"]
+    assert sorted(p.name for p in photos.iterdir()) == ["dark.png", "dark_sample00.png", "dark_sheet.png"]
