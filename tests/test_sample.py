@@ -15,10 +15,11 @@ from lle_cli.cli.main import main
 from lle_cli.errors import UsageError
 from lle_cli.models import build_model, load_state_strict
 from lle_cli.models.llflow import LLFlow, LLFlowConfig
+from lle_cli.record import read_runs
 from lle_cli.registry import get_registry
 from lle_cli.runner import LoadedModel
 from lle_cli.sampling import contact_sheet, output_names, sample_array, sample_stats, SampleOptions
-from lle_cli.weights import load_upstream_checkpoint, save_safetensors
+from lle_cli.weights import load_upstream_checkpoint, save_safetensors, sha256_file
 
 from .conftest import shared_path
 
@@ -248,8 +249,15 @@ def test_cli_writes_samples_mean_sheet_and_json(capsys, photos, small_weights, t
     names = sorted(p.name for p in out_dir.iterdir())
     assert names == sorted([
         "dark_sample00_tau0.5.png", "dark_sample01_tau0.5.png", "dark_sample00_tau1.png", "dark_sample01_tau1.png",
-        "dark_mean_tau0.5.png", "dark_mean_tau1.png", "dark_sheet.png",
+        "dark_mean_tau0.5.png", "dark_mean_tau1.png", "dark_sheet.png", "lle-run.json",
     ])
+    # the run record names every written sample with its seed and the input's sha256
+    run_ = read_runs(out_dir)[-1]
+    assert run_["command"] == "sample" and run_["model"]["name"] == "llflow.lol-small"
+    recorded = {o["file"]: o for o in run_["outputs"]}
+    assert recorded["dark_sample01_tau1.png"]["seed"] == 6 and recorded["dark_sample01_tau1.png"]["tau"] == 1.0
+    assert all(o["input_sha256"] == sha256_file(photos / "dark.png") for o in run_["outputs"])
+    assert len(recorded) == 6  # four samples and two means (the sheet is a picture of them)
     s = result["samples"]
     assert [(x["tau"], x["offset"], x["seed"]) for x in s] == [(0.5, -0.2, 5), (0.5, -0.2, 6), (1.0, -0.2, 5), (1.0, -0.2, 6)]
     for x in s:
@@ -265,8 +273,8 @@ def test_cli_writes_samples_mean_sheet_and_json(capsys, photos, small_weights, t
     assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == before
     code, _, _ = run(capsys, *args, "--overwrite")
     assert code == 0
-    assert {p.name: p.read_bytes() for p in out_dir.iterdir() if p.name != "dark_sheet.png"} == {
-        k: v for k, v in before.items() if k != "dark_sheet.png"
+    assert {p.name: p.read_bytes() for p in out_dir.iterdir() if p.name not in ("dark_sheet.png", "lle-run.json")} == {
+        k: v for k, v in before.items() if k not in ("dark_sheet.png", "lle-run.json")
     }
 
 
@@ -284,7 +292,7 @@ def test_cli_never_writes_non_finite_samples(capsys, photos, small_weights, tmp_
     code, out, err = run(capsys, "sample", photos / "dark.png", "-m", "llflow.lol-small", "-w", small_weights, "-o", out_dir,
                          "--n", "2", "--seed", "0", "--no-sheet", "--max-out-of-range", "0.5", "-q")
     assert code == 1 and "non-finite" in err and "--resample-bad" in err
-    assert sorted(p.name for p in out_dir.iterdir()) == ["dark_sample01.png"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["dark_sample01.png", "lle-run.json"]
     assert out.split() == [str(out_dir / "dark_sample01.png")]
 
 

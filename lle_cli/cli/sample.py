@@ -9,13 +9,34 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from .. import api
+from .. import record as run_record
 from ..batch import STDIO, expand_inputs
 from ..errors import UsageError
-from ..sampling import SampleOptions, ensure_flow_model, normalise_format, run_sample_job
-from ._common import DeviceOpt, JsonOpt, PrecisionOpt, QuietOpt, WeightsOpt, err_console, show_progress
+from ..sampling import (
+    SampleOptions,
+    ensure_flow_model,
+    normalise_format,
+    run_sample_job,
+)
+from ..weights import sha256_file
+from ._common import (
+    DeviceOpt,
+    JsonOpt,
+    PrecisionOpt,
+    QuietOpt,
+    WeightsOpt,
+    err_console,
+    show_progress,
+)
 
 DEFAULT_MODEL = "llflow"
 _OWN_OUTPUT = re.compile(r"_(sample\d+|mean)(_tau[^_]+)?(_off[^_]+)?$|_sheet$")
@@ -59,6 +80,10 @@ def sample(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
+    record: Annotated[
+        Optional[bool],
+        typer.Option("--record/--no-record", help="Write a run record (lle-run.json) beside the outputs; default: on with -o DIR or several inputs."),
+    ] = None,
 ) -> int:
     """Draw diverse enhancements: z = g(x) + tau * eps + offset, decoded by the flow (LLFlow).
 
@@ -99,6 +124,8 @@ def sample(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=err_console, disable=not show_progress(quiet, json_out), transient=True,
     )
+    recording = record if record is not None else (output is not None or len(jobs) > 1)
+    results = []
     failed = 0
     with progress:
         for path, error in jobs:
@@ -115,6 +142,7 @@ def sample(
                 progress=lambda done, total, task=task: progress.update(task, completed=done, total=total),
             )
             progress.remove_task(task)
+            results.append((path, result))
             if result.status != "ok":
                 failed += 1
             if json_out:
@@ -144,4 +172,27 @@ def sample(
                 err_console.print(f"[red]Error:[/red] {result.error}", markup=True, soft_wrap=True)
             elif result.seed is not None and seed is None:
                 err_console.print(f"[dim]{path}: seed {result.seed} (pass --seed {result.seed} to reproduce)[/dim]")
+    if recording:
+        _write_records(loaded, results, stdin_bytes, options={
+            "n": n, "tau": list(opts.taus), "z_offset": list(opts.offsets), "mean": mean, "resample_bad": resample_bad,
+            "max_out_of_range": max_out_of_range, "precision": precision, "weights": str(weights) if weights else None,
+        })
     return 1 if failed else 0
+
+
+def _write_records(loaded, results, stdin_bytes: bytes | None, *, options: dict) -> None:
+    """One run record per output folder: every written sample with its input's sha256, seed, tau and offset."""
+    base = run_record.new_run("sample", model=loaded, options=options)
+    run_record.finish_run(base)
+    by_dir: dict[Path, dict] = {}
+    for path, result in results:  # partly failed inputs too: what was written is recorded
+        in_sha = run_record.sha256_bytes(stdin_bytes) if path == STDIO and stdin_bytes is not None else sha256_file(Path(path))
+        files = [(s["output"], {"seed": s["seed"], "tau": s["tau"], "offset": s["offset"]}) for s in result.samples]
+        files += [(m["output"], {"mean_of": m.get("n")}) for m in result.means]
+        for out, extra in files:
+            if not out or out == STDIO or not Path(out).is_file():
+                continue
+            run = by_dir.setdefault(Path(out).parent, {**{k: v for k, v in base.items() if k != "outputs"}, "outputs": []})
+            run_record.add_output(run, out, sha256=sha256_file(Path(out)), input=path, input_sha256=in_sha, **extra)
+    for directory, run in by_dir.items():
+        run_record.write_run(directory, run)
