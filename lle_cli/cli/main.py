@@ -17,18 +17,18 @@ from .residual_tokens import residual_tokens
 
 app = typer.Typer(
     name="lle",
-    help="Enhance low-light and backlit photos with research models (RAVE, CLIP-LIT, SCL-LLE, Zero-DCE).",
+    help="Enhance low-light and backlit photos with research models (LLFlow, RAVE, CLIP-LIT, SCL-LLE, Zero-DCE).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-app.command("enhance")(enhance.enhance)
-app.command("eval")(eval_cmd.eval_)
-app.command("sample")(sample_cmd.sample)
+app.command("enhance", short_help="Enhance low-light or backlit photos.")(enhance.enhance)
+app.command("eval", short_help="Measure PSNR/SSIM against references.")(eval_cmd.eval_)
+app.command("sample", short_help="Draw diverse enhancements from a flow (LLFlow).")(sample_cmd.sample)
 app.add_typer(models.app, name="models")
 app.add_typer(train.app, name="train")
-app.command("residual-tokens")(residual_tokens)
+app.command("residual-tokens", short_help="Explain a RAVE residual with CLIP tokens.")(residual_tokens)
 
 
 def _version(value: bool) -> None:
