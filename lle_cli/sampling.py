@@ -7,8 +7,9 @@ variation (the upstream test script's ``heat`` argument is ignored by its own co
 the paper), ``offset`` shifts the whole latent, which the paper's Fig. 6 shows changes brightness
 monotonically (they sweep -0.4 .. 0.4).
 
-Cost: the encoder runs once per image; latents are decoded in batches sized to the free memory,
-with the conditioning-only parts of every coupling computed once per batch.
+Cost: the encoder runs once per image, and each coupling's conditioning-only work (the feature
+injector and the feature term of the self-conditional net) once per layer for all samples; latents
+go through the coupling networks in chunks sized to the free memory.
 
 Reproducibility: sample ``j`` uses ``eps`` from ``torch.Generator().manual_seed(seed + j)`` (CPU,
 float32), the same ``eps`` for every (tau, offset) pair, so a sweep varies only tau/offset. Redraws
@@ -131,7 +132,7 @@ class Sample:
 class SampleSet:
     samples: list[Sample]
     seed: int  # base seed
-    batch_size: int  # latents decoded at once
+    batch_size: int  # latents through a coupling network at once (all share each layer's conditioning)
     decoded: int  # latents decoded in all, redraws included
 
     def groups(self) -> dict[tuple[float, float], list[Sample]]:
@@ -203,10 +204,18 @@ def _memory_budget(device: torch.device) -> int:
     return 2 << 30
 
 
-def _auto_batch(model: LoadedModel, padded_hw: tuple[int, int], total: int) -> int:
+def _auto_batch(model: LoadedModel, padded_hw: tuple[int, int], total: int) -> tuple[int, int]:
+    """``(chunk, group)``: latents per coupling-network pass, and latents decoded together.
+
+    The coupling networks' hidden activations bound the chunk; the group (whose conditioning work
+    is shared) is bounded by the latent-sized tensors every layer keeps, a few per latent.
+    """
+    budget = _memory_budget(model.device)
     per = getattr(model.module, "decode_bytes_per_sample", None)
     need = per(*padded_hw) if per else 256 << 20
-    return max(1, min(total, _memory_budget(model.device) // max(need, 1)))
+    chunk = max(1, min(total, budget // max(need, 1)))
+    latent_bytes = (padded_hw[0] // 2) * (padded_hw[1] // 2) * 12 * 4 * 6
+    return chunk, max(chunk, min(total, budget // max(latent_bytes, 1)))
 
 
 def _eps(seed: int, shape: torch.Size) -> torch.Tensor:
@@ -247,7 +256,9 @@ def sample_array(
         lq, pad = module.prepare(x.to(model.device, model.dtype))
         features = module.condition(lq)  # once per image, however many samples
         mu = module.latent_mean(features)
-    batch = batch_size or _auto_batch(model, tuple(lq.shape[-2:]), len(specs))
+    chunk, group = _auto_batch(model, tuple(lq.shape[-2:]), len(specs))
+    if batch_size is not None:
+        chunk, group = batch_size, max(batch_size, group)
     eps_cache: dict[int, torch.Tensor] = {}
 
     def eps(s: int) -> torch.Tensor:
@@ -259,22 +270,29 @@ def sample_array(
     total_work = len(specs)
 
     def decode(jobs: list[tuple[float, float, int | None]]) -> list[np.ndarray]:
-        """Latents for (tau, offset, seed) -> cropped float32 images, ``batch`` at a time."""
+        """Latents for (tau, offset, seed) -> cropped float32 images.
+
+        ``group`` latents share each layer's conditioning work; ``chunk`` go through a coupling
+        network at once.
+        """
         nonlocal decoded
         out: list[np.ndarray] = []
-        for start in range(0, len(jobs), batch):
-            chunk = jobs[start : start + batch]
+        for start in range(0, len(jobs), group):
+            part = jobs[start : start + group]
+
+            def layer_done(done: int, layers: int, base: int = decoded, k: int = len(part)) -> None:
+                if progress:
+                    progress(base + k * done / layers, total_work)
+
             with torch.inference_mode():
                 z = torch.cat([
                     mu + (tau * eps(s).to(mu.device, mu.dtype) if s is not None else 0.0) + off
-                    for tau, off, s in chunk
+                    for tau, off, s in part
                 ])
-                imgs, _ = module.decode(features, z)
+                imgs, _ = module.decode(features, z, chunk=chunk, progress=layer_done)
                 imgs = pad.crop(imgs).float().cpu().permute(0, 2, 3, 1).numpy()
             out.extend(np.ascontiguousarray(i) for i in imgs)
-            decoded += len(chunk)
-            if progress:
-                progress(min(decoded, total_work), total_work)
+            decoded += len(part)
         return out
 
     jobs = [(t, o, seed + j if t != 0 else None) for j, t, o in specs]
@@ -298,7 +316,7 @@ def sample_array(
                 smp.rejected_seeds.append(smp.seed)
                 smp.seed, smp.image, smp.stats = new, img, st
                 smp.bad = st.nonfinite_fraction > 0 or st.out_of_range_fraction > max_out_of_range
-    return SampleSet(samples, seed, batch, decoded)
+    return SampleSet(samples, seed, chunk, decoded)
 
 
 # --------------------------------------------------------------------------------------------

@@ -129,8 +129,8 @@ class _Exploding:
         self.decode, self.left, self.value = module.decode, bad, value
         module.decode = self
 
-    def __call__(self, features, z):
-        out, ld = self.decode(features, z)
+    def __call__(self, features, z, **kw):
+        out, ld = self.decode(features, z, **kw)
         k = min(self.left, out.shape[0])
         if k:
             out = out.clone()
@@ -281,8 +281,8 @@ def test_cli_writes_samples_mean_sheet_and_json(capsys, photos, small_weights, t
 def test_cli_never_writes_non_finite_samples(capsys, photos, small_weights, tmp_path, monkeypatch) -> None:
     original = LLFlow.decode
 
-    def decode(self, features, z):
-        out, ld = original(self, features, z)
+    def decode(self, features, z, **kw):
+        out, ld = original(self, features, z, **kw)
         out = out.clone()
         out[0, :, out.shape[2] // 2] = float("nan")  # the first latent of every batch, a row inside the crop
         return out, ld

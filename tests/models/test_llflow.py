@@ -9,7 +9,7 @@ import torch
 from lle_cli.errors import WeightsError
 from lle_cli.models import FAMILIES, build_model, detect_family, load_state_strict
 from lle_cli.models.llflow import LLFlow, LLFlowConfig, auto_padding, equalize_hist, pad_symmetric
-from lle_cli.models.llflow.coupling import CondAffineCoupling, _run_net, coupling_class, coupling_net
+from lle_cli.models.llflow.coupling import CondAffineCoupling, coupling_class, coupling_net, run_concat
 from lle_cli.models.llflow.layers import actnorm, affine, invconv1x1, squeeze2d, unsqueeze2d
 from lle_cli.models.llflow.model import UNUSED_CHECKPOINT_PREFIXES, negative_log_likelihood
 from lle_cli.models.llflow.preprocess import network_input
@@ -181,7 +181,7 @@ def test_split_first_convolution_equals_the_concatenation(grad: bool) -> None:
             p.add_(0.2 * torch.randn_like(p))  # non-trivial ActNorms and output scale
     a, b = torch.randn(2, 3, 6, 5), torch.randn(1, 7, 6, 5)
     with torch.set_grad_enabled(grad):  # inference folds the ActNorms into the convolutions
-        split = _run_net(net, [a, b])
+        split = run_concat(net, [a, b])
         want = net(torch.cat([a, b.expand(2, -1, -1, -1)], dim=1))
     torch.testing.assert_close(split, want, rtol=1e-5, atol=1e-6)
 
@@ -199,6 +199,26 @@ def test_whole_flow_round_trip_and_logdets_cancel() -> None:
         z_back, ld_enc = model.encode(img, feats)
     torch.testing.assert_close(z_back, z, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(ld_enc, -ld_dec, rtol=1e-4, atol=1e-2)
+
+
+def test_chunked_decode_shares_conditioning_and_matches_one_pass() -> None:
+    model = perturbed()
+    x = torch.rand(1, 3, 24, 20)
+    calls = []
+    with torch.no_grad():
+        feats = model.condition(model.prepare(x)[0])
+        mean = model.latent_mean(feats)
+        z = mean + 0.5 * torch.randn(5, *mean.shape[1:])
+        whole, ld = model.decode(feats, z)
+        hooks = [layer.affine.fFeatures.register_forward_hook(lambda *a: calls.append(1))
+                 for layer in model.flowUpsamplerNet.layers if getattr(layer, "conditional", False)]
+        steps = []
+        chunked, ld_c = model.decode(feats, z, chunk=2, progress=lambda d, t: steps.append((d, t)))
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ld_c, ld, rtol=1e-5, atol=1e-3)
+    assert len(calls) == len(hooks)  # the feature injector ran once per coupling, not once per chunk
+    n_layers = len(model.flowUpsamplerNet.layers)
+    assert steps[-1] == (n_layers, n_layers) and len(steps) == n_layers
 
 
 def test_nll_is_bits_per_pixel_of_a_gaussian() -> None:

@@ -19,7 +19,7 @@ from torch import nn
 
 from .layers import ActNormConv2d, ZeroConv2d, affine
 
-__all__ = ["CondAffineCoupling", "COUPLINGS", "register_coupling", "coupling_class", "coupling_net"]
+__all__ = ["CondAffineCoupling", "COUPLINGS", "register_coupling", "coupling_class", "coupling_net", "run_concat"]
 
 COUPLINGS: dict[str, type[nn.Module]] = {}
 
@@ -78,7 +78,7 @@ def coupling_net(in_channels: int, out_channels: int, hidden_channels: int) -> n
     )
 
 
-def _run_net(net: nn.Sequential, parts: list[torch.Tensor]) -> torch.Tensor:
+def run_concat(net: nn.Sequential, parts: list[torch.Tensor]) -> torch.Tensor:
     """``net(cat(parts, 1))`` without building the concatenation.
 
     The first convolution runs per part and sums (it is linear in its input channels): the wide
@@ -113,16 +113,31 @@ class CondAffineCoupling(nn.Module):
     def _shift_scale(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return h[:, 0::2], torch.sigmoid(h[:, 1::2] + 2.0) + self.eps
 
-    def forward(self, z: torch.Tensor, ft: torch.Tensor, *, inverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def conditioning(self, ft: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Everything that depends on ``ft`` alone: the injector's shift and scale, and ``ft``'s term
+        of the self-conditional net's first convolution. Computed once, it serves any number of
+        latents (``forward(..., cond=...)``), in as many chunks as memory requires.
+        """
         shift_ft, scale_ft = self._shift_scale(self.fFeatures(ft))
+        return shift_ft, scale_ft, self.fAffine[0].partial(ft, self.n_keep, bias=True)
+
+    def _self_params(self, z1: torch.Tensor, ft_term: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        first, *rest = self.fAffine
+        h = first.finish(first.partial(z1, 0, bias=False) + ft_term)
+        for layer in rest:
+            h = layer(h)
+        return self._shift_scale(h)
+
+    def forward(
+        self, z: torch.Tensor, ft: torch.Tensor, *, inverse: bool = False, cond: tuple[torch.Tensor, ...] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        shift_ft, scale_ft, ft_term = cond if cond is not None else self.conditioning(ft)
         if not inverse:
             z, ld_ft = affine(z, shift_ft, scale_ft)
             z1, z2 = z[:, : self.n_keep], z[:, self.n_keep :]
-            shift, scale = self._shift_scale(_run_net(self.fAffine, [z1, ft]))
-            z2, ld = affine(z2, shift, scale)
+            z2, ld = affine(z2, *self._self_params(z1, ft_term))
             return torch.cat([z1, z2], dim=1), ld_ft + ld
         z1, z2 = z[:, : self.n_keep], z[:, self.n_keep :]
-        shift, scale = self._shift_scale(_run_net(self.fAffine, [z1, ft]))
-        z2, ld = affine(z2, shift, scale, inverse=True)
+        z2, ld = affine(z2, *self._self_params(z1, ft_term), inverse=True)
         z, ld_ft = affine(torch.cat([z1, z2], dim=1), shift_ft, scale_ft, inverse=True)
         return z, ld + ld_ft

@@ -98,9 +98,6 @@ class EncoderFeatures:
     levels: list[torch.Tensor]
     color_map: torch.Tensor
 
-    def to(self, dtype: torch.dtype) -> EncoderFeatures:
-        return EncoderFeatures([f.to(dtype) for f in self.levels], self.color_map.to(dtype))
-
 
 def _half(x: torch.Tensor) -> torch.Tensor:
     # upstream's exact call: for even sizes this is 2x2 averaging mathematically, not bit for bit

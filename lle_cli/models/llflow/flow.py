@@ -10,6 +10,8 @@ checkpoint keys (``layers.<i>.actnorm.bias`` ...) match.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -31,18 +33,27 @@ class FlowStep(nn.Module):
             self.affine = coupling
         self.conditional = coupling is not None
 
-    def forward(self, z: torch.Tensor, ft: torch.Tensor | None, *, inverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def conditioning(self, ft: torch.Tensor) -> object | None:
+        """The coupling's ``ft``-only work, if it can be done once ahead (see ``CondAffineCoupling``)."""
+        if self.conditional and hasattr(self.affine, "conditioning"):
+            return self.affine.conditioning(ft)
+        return None
+
+    def forward(
+        self, z: torch.Tensor, ft: torch.Tensor | None, *, inverse: bool = False, cond: object | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        extra = {} if cond is None else {"cond": cond}
         if not inverse:
             z, ld = self.actnorm(z)
             z, ld2 = self.invconv(z)
             ld = ld + ld2
             if self.conditional:
-                z, ld3 = self.affine(z, ft)
+                z, ld3 = self.affine(z, ft, **extra)
                 ld = ld + ld3
             return z, ld
         ld = z.new_zeros(())
         if self.conditional:
-            z, ld = self.affine(z, ft, inverse=True)
+            z, ld = self.affine(z, ft, inverse=True, **extra)
         z, ld2 = self.invconv(z, inverse=True)
         z, ld3 = self.actnorm(z, inverse=True)
         return z, ld + ld2 + ld3
@@ -82,10 +93,33 @@ class ConditionalFlow(nn.Module):
             logdet = logdet + ld
         return x, logdet
 
-    def reverse(self, z: torch.Tensor, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """z -> (image, log|det dx/dz|); ``features`` may have batch 1 for a batch of latents."""
+    def reverse(
+        self,
+        z: torch.Tensor,
+        features: list[torch.Tensor],
+        *,
+        chunk: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """z -> (image, log|det dx/dz|); ``features`` may have batch 1 for a batch of latents.
+
+        ``chunk`` bounds how many latents go through a coupling network at once (its hidden
+        activations are what costs memory) while each coupling's conditioning-only work is done
+        once per layer for all latents. ``progress(done, total)`` is called after every layer.
+        """
         logdet = z.new_zeros(z.shape[0])
-        for layer, level in zip(reversed(self.layers), reversed(self.level_of)):
-            z, ld = self._step(layer, z, features[level], True)
+        steps = list(zip(reversed(self.layers), reversed(self.level_of)))
+        for i, (layer, level) in enumerate(steps):
+            ft = features[level]
+            if isinstance(layer, FlowStep) and layer.conditional and chunk is not None and z.shape[0] > chunk:
+                cond = layer.conditioning(ft)
+                parts = [layer(z[k : k + chunk], ft, inverse=True, cond=cond) for k in range(0, z.shape[0], chunk)]
+                z = torch.cat([p[0] for p in parts])
+                ld = torch.cat([p[1].expand(p[0].shape[0]) for p in parts])
+                del cond, parts
+            else:
+                z, ld = self._step(layer, z, ft, True)
             logdet = logdet + ld
+            if progress:
+                progress(i + 1, len(steps))
         return z, logdet

@@ -161,22 +161,29 @@ class ActNormConv2d(nn.Conv2d):
             return self.actnorm(self._conv(x, self.weight, None))[0]
         return self._conv(x, *self._folded())
 
-    def forward_concat(self, parts: list[torch.Tensor]) -> torch.Tensor:
-        """``forward(cat(parts, 1))`` computed as a sum of per-part convolutions, with broadcasting.
+    def partial(self, x: torch.Tensor, start: int, *, bias: bool) -> torch.Tensor:
+        """The contribution of input channels ``start .. start + C(x)`` to the pre-``finish`` output.
 
-        Convolution is linear in its input channels, so a part with batch 1 (the conditioning
-        features) is convolved once and broadcast over the other parts' batch (the samples).
+        Convolution is linear in its input channels: ``forward(cat(a, b)) == finish(partial(a, 0,
+        bias=False) + partial(b, C(a), bias=True))``. A batch-1 ``b`` (conditioning features) is
+        then convolved once and broadcast over ``a``'s batch (latents), and never concatenated.
         """
-        grad = torch.is_grad_enabled()
-        weight, bias = (self.weight, None) if grad else self._folded()
+        weight, b = (self.weight, None) if torch.is_grad_enabled() else self._folded()
+        return self._conv(x, weight[:, start : start + x.shape[1]], b if bias else None)
+
+    def finish(self, y: torch.Tensor) -> torch.Tensor:
+        """Apply the ActNorm to a sum of ``partial`` terms (already folded in when inference)."""
+        return self.actnorm(y)[0] if torch.is_grad_enabled() else y
+
+    def forward_concat(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """``forward(cat(parts, 1))`` as a sum of ``partial`` terms (the bias goes with the last part)."""
         out = None
         start = 0
         for i, part in enumerate(parts):
-            w = weight[:, start : start + part.shape[1]]
+            y = self.partial(part, start, bias=i == len(parts) - 1)
             start += part.shape[1]
-            y = self._conv(part, w, bias if i == len(parts) - 1 else None)
             out = y if out is None else out + y
-        return self.actnorm(out)[0] if grad else out
+        return self.finish(out)
 
 
 class ZeroConv2d(nn.Conv2d):

@@ -12,6 +12,7 @@ features, so n samples cost one encoder pass (see ``lle_cli.sampling``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -68,12 +69,20 @@ class LLFlow(nn.Module):
         """``squeeze2d(g(x_l), 8)``: the mean of the latent, (B, 192, Hp/8, Wp/8)."""
         return squeeze2d(features.color_map, self.config.downscale)
 
-    def decode(self, features: EncoderFeatures, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode(
+        self,
+        features: EncoderFeatures,
+        z: torch.Tensor,
+        *,
+        chunk: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Latents (n, 192, h, w) -> padded images (n, 3, Hp, Wp) and log|det dx/dz|.
 
-        ``features`` may hold one image for a batch of n latents of that image.
+        ``features`` may hold one image for a batch of n latents of that image; ``chunk`` caps the
+        latents a coupling network processes at once (memory), see ``ConditionalFlow.reverse``.
         """
-        return self.flowUpsamplerNet.reverse(z, features.levels)
+        return self.flowUpsamplerNet.reverse(z, features.levels, chunk=chunk, progress=progress)
 
     def decode_bytes_per_sample(self, height: int, width: int) -> int:
         """Rough working memory one more latent adds to a ``decode`` batch at this padded size.
