@@ -42,11 +42,33 @@ def run(capsys, *args) -> tuple[int, str, str]:
 
 
 def test_help_lists_only_working_commands(capsys) -> None:
+    from lle_cli.cli.main import COMMANDS
+
     code, out, _ = run(capsys, "--help")
     assert code == 0
-    for cmd in ("enhance", "models", "train"):
+    for cmd in COMMANDS:
         assert cmd in out
         assert main([cmd, "--help"]) == 0
+
+
+def test_top_level_help_imports_no_command_module() -> None:
+    # a fresh interpreter: `lle --help` must not pay for torch or any command's module
+    code = (
+        "import sys; from lle_cli.cli.main import main; rc = main(['--help']); "
+        "heavy = sorted(m for m in sys.modules if m == 'torch' or m.startswith('lle_cli.cli.') and m not in "
+        "('lle_cli.cli.main', 'lle_cli.cli._common')); print(rc, heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "0 []"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["enhance", "--no-such-flag"], "No such option"),
+    (["no-such-command"], "No such command"),
+])
+def test_usage_errors_are_one_line_and_exit_2(capsys, args, message) -> None:
+    code, _, err = run(capsys, *args)
+    assert code == 2 and message in err and "Traceback" not in err
 
 
 def test_enhance_writes_beside_input_and_refuses_to_overwrite(capsys, photos, weights) -> None:

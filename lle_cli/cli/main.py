@@ -2,33 +2,74 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
-import click
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from .. import __version__
 from ..errors import LLEError
 from ._common import err_console
-from . import enhance, models, train
-from . import eval as eval_cmd
-from . import sample as sample_cmd
-from .residual_tokens import residual_tokens
+
+# recent typer ships its own copy of click, so its exception classes are found through typer
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+# name -> (module, attribute, one-line summary). A command's module (and with it torch) is imported only
+# when that command runs or shows its own help, so `lle --help` and `lle --version` stay fast.
+# The attribute is a command function or a Typer sub-app.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "enhance": ("enhance", "enhance", "Enhance low-light or backlit photos."),
+    "eval": ("eval", "eval_", "Measure PSNR/SSIM against references."),
+    "sample": ("sample", "sample", "Draw diverse enhancements from a flow (LLFlow)."),
+    "models": ("models", "app", "List, download, import and verify model weights."),
+    "train": ("train", "app", "Train models."),
+    "residual-tokens": ("residual_tokens", "residual_tokens", "Explain a RAVE residual with CLIP tokens."),
+}
+
+
+def _load_command(name: str) -> TyperCommand | TyperGroup:
+    module, attr, summary = COMMANDS[name]
+    obj = getattr(importlib.import_module(f"{__package__}.{module}"), attr)
+    if isinstance(obj, typer.Typer):
+        cmd = typer.main.get_group(obj)
+    else:
+        single = typer.Typer()
+        single.command(name, short_help=summary)(obj)
+        cmd = typer.main.get_command(single)
+    cmd.name = name
+    cmd.short_help = summary
+    return cmd
+
+
+class _LazyGroup(TyperGroup):
+    """Lists commands from ``COMMANDS`` and imports a command's module only to run it."""
+
+    def list_commands(self, ctx: typer.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: typer.Context, cmd_name: str) -> TyperCommand | TyperGroup | None:
+        # what the help listing sees: a name and a summary, nothing imported
+        if cmd_name not in COMMANDS:
+            return None
+        return self.commands.get(cmd_name) or TyperCommand(cmd_name, short_help=COMMANDS[cmd_name][2])
+
+    def resolve_command(self, ctx: typer.Context, args: list[str]) -> tuple[str | None, TyperCommand | TyperGroup | None, list[str]]:
+        name, cmd, rest = super().resolve_command(ctx, args)
+        if name in COMMANDS and name not in self.commands:
+            self.commands[name] = _load_command(name)
+        return name, self.commands.get(name, cmd), rest
+
 
 app = typer.Typer(
     name="lle",
+    cls=_LazyGroup,
     help="Enhance low-light and backlit photos with research models (LLFlow, RAVE, CLIP-LIT, SCL-LLE, Zero-DCE).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-app.command("enhance", short_help="Enhance low-light or backlit photos.")(enhance.enhance)
-app.command("eval", short_help="Measure PSNR/SSIM against references.")(eval_cmd.eval_)
-app.command("sample", short_help="Draw diverse enhancements from a flow (LLFlow).")(sample_cmd.sample)
-app.add_typer(models.app, name="models")
-app.add_typer(train.app, name="train")
-app.command("residual-tokens", short_help="Explain a RAVE residual with CLIP tokens.")(residual_tokens)
 
 
 def _version(value: bool) -> None:
@@ -52,12 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 failure, 2 usage error, 130 interrupted)."""
     try:
         rv = app(args=argv, prog_name="lle", standalone_mode=False)
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         return e.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         _error("interrupted")
         return 130
-    except click.ClickException as e:
+    except _ClickException as e:
         e.show()
         return e.exit_code
     except KeyboardInterrupt:
