@@ -70,3 +70,9 @@ from . import train_guided as _guided  # noqa: E402
 app.command("rave")(_guided.rave)
 app.command("clip-lit-latent")(_guided.clip_lit_latent)
 app.command("scl-lle")(_guided.scl_lle)
+
+# the flow trainer and its synthetic data
+from . import train_flow as _flow  # noqa: E402
+
+app.command("llflow")(_flow.llflow)
+app.command("synth-pairs")(_flow.synth_pairs)

@@ -115,12 +115,13 @@ class LLFlow(nn.Module):
         out, _ = self.decode(features, self.latent_mean(features))
         return pad.crop(out)
 
-    def initialize_actnorms(self, x: torch.Tensor, gt: torch.Tensor) -> None:
+    def initialize_actnorms(self, x: torch.Tensor | None, gt: torch.Tensor, *, lq: torch.Tensor | None = None) -> None:
         """Glow's data-dependent ActNorm initialisation from one (low, normal) batch, like upstream's
         first training step: each ActNorm normalises its input batch in the forward direction.
 
         Useful for fresh models (training, benchmarks): random coupling nets otherwise make the
-        inverse explode.
+        inverse explode. Training passes its own network input ``lq`` (crops whose histogram
+        equalisation saw the full image) with ``gt`` at the same size, and ``x=None``.
         """
         hooks = []
 
@@ -133,8 +134,10 @@ class LLFlow(nn.Module):
         try:
             # with autograd on, every ActNorm runs as a module (inference folds some into convolutions)
             with torch.enable_grad():
-                lq, pad = self.prepare(x)
-                self.encode(pad_symmetric(gt, pad), self.condition(lq))
+                if lq is None:
+                    lq, pad = self.prepare(x)
+                    gt = pad_symmetric(gt, pad)
+                self.encode(gt, self.condition(lq))
         finally:
             for h in hooks:
                 h.remove()
