@@ -68,6 +68,9 @@ class ModelEntry:
     embedded_sha256: str | None = None
     training: dict[str, Any] | None = None
     notes: str = ""
+    # default `lle score-ood` statistics shipped in the package ("ood_stats": {"path", "sha256"})
+    ood_stats: str | None = None
+    ood_stats_sha256: str | None = None
 
     @property
     def downloadable(self) -> bool:
@@ -111,6 +114,9 @@ def _entry(name: str, raw: dict[str, Any]) -> ModelEntry:
     emb = src.get("embedded") or {}
     if not (hub or up or emb):
         raise ManifestError(f"weights_manifest.json: model {name!r} has no weight source")
+    ood = raw.get("ood_stats") or {}
+    if ood and not (ood.get("path") and ood.get("sha256")):
+        raise ManifestError(f"weights_manifest.json: model {name!r} has ood_stats without a path and sha256")
     return ModelEntry(
         name=name,
         family=family,
@@ -127,6 +133,8 @@ def _entry(name: str, raw: dict[str, Any]) -> ModelEntry:
         embedded_sha256=emb.get("sha256"),
         training=raw.get("training"),
         notes=raw.get("notes", ""),
+        ood_stats=ood.get("path"),
+        ood_stats_sha256=ood.get("sha256"),
     )
 
 

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "models": ("models", "app", "List, download, import and verify model weights."),
     "train": ("train", "app", "Train models."),
     "residual-tokens": ("residual_tokens", "residual_tokens", "Explain a RAVE residual with CLIP tokens."),
+    "score-ood": ("score_ood", "app", "Flag inputs an LLFlow model has not seen (Mahalanobis OOD score)."),
 }
 
 

@@ -21,6 +21,7 @@ from .. import api
 from .. import record as run_record
 from ..batch import STDIO, expand_inputs
 from ..errors import UsageError
+from ..ood import ood_warner
 from ..sampling import (
     SampleOptions,
     ensure_flow_model,
@@ -38,7 +39,8 @@ from ._common import (
     show_progress,
 )
 
-DEFAULT_MODEL = "llflow"
+# the RQ-spline LLFlow embedded in the wheel: `lle sample` works offline with no download
+DEFAULT_MODEL = "llflow.lle-synth-rqs"
 _OWN_OUTPUT = re.compile(r"_(sample\d+|mean)(_tau[^_]+)?(_off[^_]+)?$|_sheet$")
 
 
@@ -84,6 +86,9 @@ def sample(
         Optional[bool],
         typer.Option("--record/--no-record", help="Write a run record (lle-run.json) beside the outputs; default: on with -o DIR or several inputs."),
     ] = None,
+    ood_stats: Annotated[
+        Optional[Path], typer.Option("--ood-stats", help="Warn about inputs above these `lle score-ood fit` statistics' threshold (default: the model's shipped ones).")
+    ] = None,
 ) -> int:
     """Draw diverse enhancements: z = g(x) + tau * eps + offset, decoded by the flow (LLFlow).
 
@@ -120,6 +125,7 @@ def sample(
     loaded = api.load_model(model, weights=weights, device=device, precision=precision)
     if not quiet and not json_out:
         err_console.print(f"[dim]model {loaded.name} ({loaded.weights_source}) on {loaded.device}[/dim]")
+    warn_ood = ood_warner(loaded, ood_stats)  # never changes the samples
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=err_console, disable=not show_progress(quiet, json_out), transient=True,
@@ -136,6 +142,9 @@ def sample(
                 else:
                     err_console.print(f"[red]Error:[/red] {error}", markup=True, soft_wrap=True)
                 continue
+            message = warn_ood(path, stdin_bytes) if warn_ood and not quiet else None
+            if message:
+                progress.console.print(f"[yellow]Warning:[/yellow] {message}", markup=True, soft_wrap=True, highlight=False)
             task = progress.add_task(Path(path).name if path != STDIO else "stdin", total=None)
             result = run_sample_job(
                 loaded, path, output, opts, stdin=stdin_bytes,

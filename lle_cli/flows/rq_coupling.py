@@ -13,7 +13,9 @@ two-bin spline of :mod:`lle_cli.flows.rqspline` plus a bias, in both places wher
 
 The sampling direction runs the inverses in the opposite order. Attribute and sub-module names follow
 the authors' ``CondRQsplineSeparatedAndCond`` so their state dicts load as they are (an ``fX.0``
-``Conv2d`` + ActNorm, ``fX.2`` 1x1 ``Conv2d`` + ActNorm, ``fX.4`` zero-initialised ``Conv2dZeros``).
+``Conv2d`` + ActNorm, ``fX.2`` 1x1 ``Conv2d`` + ActNorm, ``fX.4`` zero-initialised 3x3 ``Conv2d``): the
+coupling networks are built from LLFlow's own ``ActNormConv2d`` and ``ZeroConv2d``, whose parameter
+names are the same.
 """
 
 from __future__ import annotations
@@ -24,86 +26,45 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.llflow.layers import ActNorm, ActNormConv2d, ZeroConv2d, actnorm
 from .rqspline import NUM_PARAMS, SplineBounds, spline_shift, unpack_params
 
-__all__ = ["ActNorm2d", "Conv2dActNorm", "Conv2dZeros", "conditioner", "RQSplineCoupling"]
+__all__ = ["ActNorm2d", "conditioner", "RQSplineCoupling"]
 
 
-class ActNorm2d(nn.Module):
-    """Per-channel ``y = (x + bias) * exp(logs)`` (Glow's activation normalisation).
+class ActNorm2d(ActNorm):
+    """LLFlow's :class:`~lle_cli.models.llflow.layers.ActNorm` with the authors' standalone interface.
 
-    The first forward pass in training mode sets ``bias``/``logs`` so that batch has zero mean and
-    unit variance per channel (data-dependent initialisation); loading a state dict counts as
-    initialised.
+    ``forward(x, logdet=None, reverse=False) -> (y, logdet)``, and Glow's data-dependent
+    initialisation on the first training-mode forward pass (loading a state dict counts as
+    initialised). The math is :func:`~lle_cli.models.llflow.layers.actnorm`; inside LLFlow the
+    coupling networks use plain ``ActNorm`` (initialised by ``LLFlow.initialize_actnorms``).
     """
 
-    def __init__(self, num_features: int, scale: float = 1.0) -> None:
-        super().__init__()
-        self.bias = nn.Parameter(torch.zeros(1, num_features, 1, 1))
-        self.logs = nn.Parameter(torch.zeros(1, num_features, 1, 1))
-        self.scale = float(scale)
+    def __init__(self, num_features: int) -> None:
+        super().__init__(num_features)
         self.inited = False
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self.inited = True
 
-    @torch.no_grad()
-    def _initialize(self, x: torch.Tensor) -> None:
-        mean = x.mean(dim=(0, 2, 3), keepdim=True)
-        std = ((x - mean) ** 2).mean(dim=(0, 2, 3), keepdim=True).sqrt()
-        self.bias.copy_(-mean)
-        self.logs.copy_(torch.log(self.scale / (std + 1e-6)))
-        self.inited = True
-
-    def forward(
+    def forward(  # type: ignore[override]
         self, x: torch.Tensor, logdet: torch.Tensor | None = None, reverse: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if not self.inited and self.training and not reverse:
-            self._initialize(x)
-        if reverse:
-            x = x * torch.exp(-self.logs) - self.bias
-        else:
-            x = (x + self.bias) * torch.exp(self.logs)
-        if logdet is not None:
-            d = self.logs.sum() * (x.shape[2] * x.shape[3])
-            logdet = logdet - d if reverse else logdet + d
-        return x, logdet
-
-
-class Conv2dActNorm(nn.Conv2d):
-    """Bias-free "same" convolution followed by :class:`ActNorm2d` (LLFlow's ``flow.Conv2d``)."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, weight_std: float = 0.05) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
-        nn.init.normal_(self.weight, 0.0, weight_std)
-        self.actnorm = ActNorm2d(out_channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.actnorm(super().forward(x))[0]
-
-
-class Conv2dZeros(nn.Conv2d):
-    """Zero-initialised "same" convolution scaled by ``exp(3 * logs)``: a coupling starts as identity."""
-
-    LOGSCALE_FACTOR = 3.0
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
-        self.logs = nn.Parameter(torch.zeros(out_channels, 1, 1))
-        nn.init.zeros_(self.weight)
-        nn.init.zeros_(self.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x) * torch.exp(self.logs * self.LOGSCALE_FACTOR)
+            self.initialize_from(x)
+            self.inited = True
+        y, d = actnorm(x, self.bias, self.logs, inverse=reverse)
+        return y, (None if logdet is None else logdet + d)
 
 
 def conditioner(in_channels: int, out_channels: int, hidden_channels: int, kernel_hidden: int = 1, n_hidden_layers: int = 1) -> nn.Sequential:
     """The coupling network of SRFlow/LLFlow: 3x3 conv, ``n`` hidden ``kernel_hidden`` convs, zero 3x3 conv."""
-    layers: list[nn.Module] = [Conv2dActNorm(in_channels, hidden_channels), nn.ReLU()]
+    layers: list[nn.Module] = [ActNormConv2d(in_channels, hidden_channels, 3), nn.ReLU()]
     for _ in range(n_hidden_layers):
-        layers += [Conv2dActNorm(hidden_channels, hidden_channels, kernel_size=kernel_hidden), nn.ReLU()]
-    layers.append(Conv2dZeros(hidden_channels, out_channels))
+        layers += [ActNormConv2d(hidden_channels, hidden_channels, kernel_hidden), nn.ReLU()]
+    layers.append(ZeroConv2d(hidden_channels, out_channels))
     return nn.Sequential(*layers)
 
 
