@@ -1,5 +1,7 @@
 """A small PNG codec for the cases Pillow gets wrong: 16-bit colour PNG, read and written at full
-precision (Pillow reduces 16-bit RGB/RGBA to 8 bits).
+precision (Pillow reduces 16-bit RGB/RGBA to 8 bits). ``lle_cli.imageio`` also writes 8-bit PNG with
+it, at a low zlib level: one vectorised filter pass and a single ``zlib.compress`` call (which runs
+without the GIL, so a batch's encoding overlaps the next image's compute).
 
 Only non-palette images at 8 or 16 bits per sample are handled (colour types 0, 2, 4, 6), which is
 all ``lle_cli.imageio`` needs; Pillow covers the rest. Errors are ``PngError`` with a short reason;

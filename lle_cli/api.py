@@ -13,6 +13,7 @@ import numpy as np
 
 from .device import select_device, select_dtype
 from .download import ProgressFn
+from .errors import UsageError
 from .loading import (
     ExportResult,
     FetchResult,
@@ -44,6 +45,8 @@ __all__ = [
     "train_rave",
     "train_clip_lit_latent",
     "train_scl_lle",
+    "fit_ood",
+    "score_ood",
 ]
 
 
@@ -90,11 +93,13 @@ def load_model(
     precision: str = "auto",
     offline: bool = False,
     progress: ProgressFn | None = None,
+    tile: int | None = None,
 ) -> LoadedModel:
     """Build the named model (None: the embedded default), load verified weights, move to device.
 
     Weights not on this machine are downloaded once and cached, unless ``offline`` (or
     ``HF_HUB_OFFLINE=1``); ``progress(label, done, total)`` is called as bytes arrive.
+    ``tile``: None tiles large images automatically (budget ``$LLE_TILE_MEMORY_MB``), 0 never, N px tiles.
     """
     entry = get_registry().resolve(name)
     dev = select_device(device)
@@ -103,7 +108,12 @@ def load_model(
     module = build_model(entry.family, entry.architecture)
     load_state_strict(module, state, source=source)
     module.eval().to(dev, dtype)
-    return LoadedModel(entry, module, dev, dtype, source)
+    from ._cpu import prepare_for_inference  # channels-last on the CPU (bench/vs_official.py)
+
+    prepare_for_inference(module, entry.family, dev)
+    if tile is not None and tile < 0:
+        raise UsageError(f"tile {tile}: expected 0 (never tile), a size in pixels, or None (automatic)")
+    return LoadedModel(entry, module, dev, dtype, source, tile=tile)
 
 
 def enhance_array(model: LoadedModel, rgb: np.ndarray) -> np.ndarray:
@@ -211,3 +221,30 @@ def train_scl_lle(images: str | Path, positives: str | Path, negatives: str | Pa
     from .train.scl_lle import train_scl_lle as _train
 
     return _train(Path(images), Path(positives), Path(negatives), Path(output), config, **kwargs)
+
+
+def fit_ood(model: LoadedModel, inputs, *, output: str | Path | None = None, **kwargs):
+    """Fit the OOD statistics of an LLFlow model's encoder features on its training inputs (image paths).
+
+    Returns an ``lle_cli.ood.OODStats`` (written to ``output`` when given); ``kwargs`` go to
+    ``lle_cli.ood.fit_ood`` (``patch_size``, ``blocks``, ``shrinkage``, ``percentile``, ``progress``, ``on_error``).
+    """
+    from .ood import fit_ood as _fit
+
+    stats = _fit(model, [str(p) for p in inputs], **kwargs)
+    if output is not None:
+        stats.save(output)
+    return stats
+
+
+def score_ood(model: LoadedModel, inputs, *, stats=None, **kwargs):
+    """Mahalanobis OOD scores (per image and patch) of image paths under an LLFlow model (Hong et al. eq. 12).
+
+    ``stats``: an ``OODStats``, a statistics file, or None for the model's shipped statistics; refused
+    when fitted for other weights. Yields ``lle_cli.ood.ImageScore`` in input order; ``kwargs`` go to
+    ``lle_cli.ood.score_ood`` (``validate``, ``n``, ``tau``, ``seed``, ``batch_size``, ``stdin``, ``each``).
+    """
+    from .ood import score_ood as _score, stats_for
+
+    stats, _ = stats_for(model, stats)
+    return _score(model, stats, [str(p) for p in inputs], **kwargs)

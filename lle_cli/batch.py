@@ -11,11 +11,12 @@ import hashlib
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import InputError, LLEError, OutputExistsError, UsageError
-from .imageio import IMAGE_SUFFIXES, encode_image, format_from_suffix, read_image, write_bytes_atomic
+from .imageio import IMAGE_SUFFIXES, Picture, encode_image, format_from_suffix, read_image, write_bytes_atomic
 from .runner import LoadedModel
 from .weights import sha256_file
 
@@ -157,6 +158,38 @@ def plan_jobs(inputs: list[str], output: str | None, opts: OutputOptions) -> tup
     return jobs, opts
 
 
+def _failed(job: Job, e: Exception) -> str:
+    if isinstance(e, LLEError):
+        return str(e)
+    if isinstance(e, OSError):  # disk full, permission denied on the output directory, ...
+        return f"{job.output or job.input}: {e.strerror or e}"
+    raise e
+
+
+def _read(job: Job, stdin: bytes | None, digests: bool) -> tuple[Picture, str | None]:
+    """Stage 1 (any thread): decode the input; its sha256 when recording."""
+    if job.error:
+        raise InputError(job.error)
+    if job.input == STDIO:
+        pic = read_image(stdin if stdin is not None else b"", name="<stdin>")
+        return pic, hashlib.sha256(stdin or b"").hexdigest() if digests else None
+    pic = read_image(job.input)
+    return pic, sha256_file(Path(job.input)) if digests else None
+
+
+def _write(job: Job, enhanced: Picture, opts: OutputOptions, stdout, digests: bool) -> str | None:
+    """Stage 3 (any thread): encode and write atomically (or to stdout); the output's sha256 when recording."""
+    out_fmt = opts.format or ("PNG" if job.output == STDIO else format_from_suffix(job.output) or "PNG")
+    data = encode_image(enhanced, out_fmt, quality=opts.quality, bit_depth=opts.bit_depth)
+    if job.output == STDIO:
+        stdout.write(data)
+        stdout.flush()
+    else:
+        Path(job.output).parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(job.output, data, overwrite=opts.overwrite)
+    return hashlib.sha256(data).hexdigest() if digests else None
+
+
 def run_job(
     model: LoadedModel, job: Job, opts: OutputOptions, *, stdin: bytes | None = None, stdout=None, digests: bool = False
 ) -> JobResult:
@@ -165,39 +198,87 @@ def run_job(
     ``digests``: also hash the input and the written bytes (sha256), for the run record.
     """
     start = time.perf_counter()
-    in_sha = out_sha = None
     try:
-        if job.error:
-            raise InputError(job.error)
-        if job.input == STDIO:
-            pic = read_image(stdin if stdin is not None else b"", name="<stdin>")
-        else:
-            pic = read_image(job.input)
-        out_fmt = opts.format or ("PNG" if job.output == STDIO else format_from_suffix(job.output) or "PNG")
-        enhanced = pic.with_rgb(model.enhance(pic.rgb))
-        data = encode_image(enhanced, out_fmt, quality=opts.quality, bit_depth=opts.bit_depth)
-        if digests:
-            in_sha = hashlib.sha256(stdin or b"").hexdigest() if job.input == STDIO else sha256_file(Path(job.input))
-            out_sha = hashlib.sha256(data).hexdigest()
-        if job.output == STDIO:
-            stdout.write(data)
-            stdout.flush()
-        else:
-            parent = Path(job.output).parent
-            parent.mkdir(parents=True, exist_ok=True)
-            write_bytes_atomic(job.output, data, overwrite=opts.overwrite)
-        status, error = "ok", None
-    except LLEError as e:
-        status, error = "error", str(e)
-    except OSError as e:  # disk full, permission denied on the output directory, ...
-        status, error = "error", f"{job.output or job.input}: {e.strerror or e}"
-    if status != "ok":
-        in_sha = out_sha = None
-    return JobResult(job.input, job.output, model.name, round(time.perf_counter() - start, 4), status, error, in_sha, out_sha)
+        pic, in_sha = _read(job, stdin, digests)
+        out_sha = _write(job, pic.with_rgb(model.enhance(pic.rgb)), opts, stdout, digests)
+    except (LLEError, OSError) as e:
+        return JobResult(job.input, job.output, model.name, round(time.perf_counter() - start, 4), "error", _failed(job, e))
+    return JobResult(job.input, job.output, model.name, round(time.perf_counter() - start, 4), "ok", None, in_sha, out_sha)
 
 
 def run_batch(
-    model: LoadedModel, jobs: list[Job], opts: OutputOptions, *, stdin: bytes | None = None, stdout=None, digests: bool = False
+    model: LoadedModel,
+    jobs: list[Job],
+    opts: OutputOptions,
+    *,
+    stdin: bytes | None = None,
+    stdout=None,
+    digests: bool = False,
+    pipeline: bool = True,
 ) -> Iterator[JobResult]:
-    for job in jobs:
-        yield run_job(model, job, opts, stdin=stdin, stdout=stdout, digests=digests)
+    """Run ``jobs`` in order, yielding one result per job, in order; a failed job never stops the batch.
+
+    With ``pipeline`` (and more than one job) the next image is decoded and the previous one encoded
+    and written on two helper threads while the model runs on the current one: Pillow, numpy and zlib
+    release the GIL, so the CPU stays busy between forward passes. At most one decoded image waits
+    and one encoding is in flight, so memory stays at about three images. ``JobResult.seconds`` is
+    then the job's own work (read + enhance + write), not the time it spent queued.
+    """
+    if not pipeline or len(jobs) < 2:
+        for job in jobs:
+            yield run_job(model, job, opts, stdin=stdin, stdout=stdout, digests=digests)
+        return
+    yield from _pipelined(model, jobs, opts, stdin, stdout, digests)
+
+
+def _timed(fn, *args):
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t0
+
+
+def _pipelined(
+    model: LoadedModel, jobs: list[Job], opts: OutputOptions, stdin: bytes | None, stdout, digests: bool
+) -> Iterator[JobResult]:
+    def result(job: Job, seconds: float, error: str | None = None, in_sha=None, out_sha=None) -> JobResult:
+        status = "ok" if error is None else "error"
+        return JobResult(job.input, job.output, model.name, round(seconds, 4), status, error, in_sha, out_sha)
+
+    def finish(job: Job, enhanced: Picture, spent: float, in_sha: str | None) -> JobResult:
+        try:
+            out_sha, dt = _timed(_write, job, enhanced, opts, stdout, digests)
+        except (LLEError, OSError) as e:
+            return result(job, spent, _failed(job, e))
+        return result(job, spent + dt, None, in_sha, out_sha)
+
+    readers = ThreadPoolExecutor(1, thread_name_prefix="lle-read")
+    writers = ThreadPoolExecutor(1, thread_name_prefix="lle-write")
+    try:
+        reading: Future = readers.submit(_timed, _read, jobs[0], stdin, digests)
+        writing: Future | None = None  # the previous job's final result
+        for i, job in enumerate(jobs):
+            current = reading
+            if i + 1 < len(jobs):
+                reading = readers.submit(_timed, _read, jobs[i + 1], stdin, digests)
+            done: JobResult | None = None
+            try:
+                (pic, in_sha), spent = current.result()
+                rgb, dt = _timed(model.enhance, pic.rgb)
+                enhanced = pic.with_rgb(rgb)
+                spent += dt
+                del pic, rgb
+            except (LLEError, OSError) as e:
+                done = result(job, 0.0, _failed(job, e))
+            if writing is not None:
+                yield writing.result()  # in order, and at most one encoding in flight
+                writing = None
+            if done is not None:
+                yield done
+            else:
+                writing = writers.submit(finish, job, enhanced, spent, in_sha)
+                del enhanced
+        if writing is not None:
+            yield writing.result()
+    finally:
+        readers.shutdown(wait=True, cancel_futures=True)
+        writers.shutdown(wait=True, cancel_futures=True)

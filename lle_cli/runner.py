@@ -1,11 +1,16 @@
 """A loaded model with everything the caller needs to run it on an arbitrary image.
 
 Padding to the family's size constraints, precision, inference mode, clamping and cropping are done
-here once instead of in every model or command.
+here once instead of in every model or command, and so is tiling: an image whose activations would
+not fit the memory budget runs as overlapping tiles blended into one preallocated output
+(``lle_cli.tiling``), with each family's global context computed on the whole image first.
 """
 
 from __future__ import annotations
 
+import math
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,11 +18,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import LLEError
+from .errors import LLEError, UsageError
 from .models import FAMILIES, FamilySpec
+from .models.illumination_unet import divide_by_illumination
+from .models.llflow.preprocess import Padding, auto_padding, log_image, quantize_u8
 from .registry import ModelEntry
+from .tiling import AxisTile, TilePlan, plan_tiles, run_tiled, tile_overlap
 
-__all__ = ["LoadedModel", "NonFiniteOutputError"]
+__all__ = ["LoadedModel", "NonFiniteOutputError", "TILE_MEMORY_ENV", "DEFAULT_TILE_MEMORY_MB", "tile_memory_budget"]
+
+TILE_MEMORY_ENV = "LLE_TILE_MEMORY_MB"
+# Working memory one forward pass may take. With ~0.55 GB for Python + torch and ~1.2 GB at the
+# worst moment for a 24-megapixel image's own copies (decoded, float input, float output, 8/16-bit
+# encoding), 1 GiB keeps the whole process under 3 GB (bench/tiling.py measures it).
+DEFAULT_TILE_MEMORY_MB = 1024
+_MIN_TILE = 64  # below this the overlap is most of the work
+
+
+def tile_memory_budget() -> int:
+    """Bytes of activations one pass may use: ``$LLE_TILE_MEMORY_MB`` or the default."""
+    raw = os.environ.get(TILE_MEMORY_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TILE_MEMORY_MB * 2**20
+    try:
+        mb = float(raw)
+    except ValueError:
+        mb = -1.0
+    if not mb > 0:
+        raise UsageError(f"{TILE_MEMORY_ENV}={raw!r}: expected a positive number of megabytes")
+    return int(mb * 2**20)
 
 
 class NonFiniteOutputError(LLEError):
@@ -38,6 +67,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     weights_source: str
+    tile: int | None = None  # None: tile automatically when the image would not fit; 0: never; N: N px
 
     @property
     def spec(self) -> FamilySpec:
@@ -59,7 +89,48 @@ class LoadedModel:
             x = F.pad(x, (left, right, top, bottom), mode=mode)
         with torch.inference_mode():
             y = self.module(x)
-        y = y[..., top : top + h, left : left + w].float().cpu()
+        return self._checked(y[..., top : top + h, left : left + w])
+
+    # -- tiling ------------------------------------------------------------------------------
+
+    def tile_size(self, height: int, width: int) -> int | None:
+        """Tile side for an image of this size, or None to run it whole.
+
+        ``self.tile``: None chooses from the family's measured activation memory and the budget
+        (whole when it fits); 0 never tiles; N uses N px tiles (rounded to the family's multiple).
+        """
+        spec = self.spec
+        if self.tile == 0:
+            return None
+        if self.tile is not None:
+            size = self.tile
+        else:
+            # measured in float32; half precision needs less, so this stays on the safe side
+            per_pixel = spec.activation_bytes(self.module.config)
+            if per_pixel * height * width <= tile_memory_budget():
+                return None
+            size = max(_MIN_TILE, math.isqrt(int(tile_memory_budget() / per_pixel)))
+        overlap = tile_overlap(spec.tile_margin, spec.tile_multiple)
+        size = max(size, 2 * overlap, spec.min_size)  # stride >= overlap: at most 4x the untiled work
+        size = -(-size // spec.tile_multiple) * spec.tile_multiple
+        return None if size >= height and size >= width else size
+
+    def tile_plan(self, height: int, width: int, size: int) -> TilePlan:
+        """The tiles ``enhance_tiled`` runs for an image of this size (LLFlow: over its padded size)."""
+        spec = self.spec
+        if self.entry.family == "llflow":
+            pad = auto_padding(height, width, self.module.config.pad_multiple)
+            height, width = height + pad.top + pad.bottom, width + pad.left + pad.right
+        return plan_tiles(height, width, size, tile_overlap(spec.tile_margin, spec.tile_multiple), spec.tile_margin, spec.tile_multiple)
+
+    def _run_tile(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            y = self.module(x)
+        return self._checked(y)
+
+    def _checked(self, y: torch.Tensor) -> torch.Tensor:
+        """Network output -> float32 on the CPU in [0, 1]; NaN/Inf is an error, never written."""
+        y = y.float().cpu()
         if not torch.isfinite(y).all():
             raise NonFiniteOutputError(
                 f"model {self.name} produced NaN/Inf values (precision {str(self.dtype).removeprefix('torch.')}); "
@@ -67,7 +138,189 @@ class LoadedModel:
             )
         return y.clamp(0.0, 1.0)
 
+    def enhance_tiled(
+        self, rgb: np.ndarray, tile: int, *, progress: Callable[[int, int], None] | None = None
+    ) -> np.ndarray:
+        """Enhance (H, W, 3) float32 in [0, 1] as ``tile`` px tiles; the result is a new C-contiguous array."""
+        h, w = rgb.shape[:2]
+        x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None]
+        out = np.zeros((h, w, 3), dtype=np.float32)
+        family = self.entry.family
+        if family == "llflow":
+            return _llflow_tiled(self, x, tile, out, progress)
+        plan = self.tile_plan(h, w, tile)
+
+        def crop(r: AxisTile, c: AxisTile) -> torch.Tensor:
+            return x[..., r.start : r.stop, c.start : c.stop].to(self.device, self.dtype)
+
+        if family == "illumination_unet":
+            context = _PooledContext.compute(self, plan, crop)
+            fn = lambda r, c: self._checked(context.forward(crop(r, c), r, c))
+        else:  # a local network: each tile alone
+            fn = lambda r, c: self._run_tile(crop(r, c))
+        return run_tiled(plan, lambda r, c: fn(r, c)[0].permute(1, 2, 0).numpy(), out, progress=progress)
+
     def enhance(self, rgb: np.ndarray) -> np.ndarray:
-        """(H, W, 3) float32 in [0, 1] -> enhanced (H, W, 3) float32 in [0, 1]."""
+        """(H, W, 3) float32 in [0, 1] -> enhanced (H, W, 3) float32 in [0, 1]; tiled when it is large."""
+        tile = self.tile_size(*rgb.shape[:2])
+        if tile is not None:
+            return self.enhance_tiled(rgb, tile)
         x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None]
         return self.enhance_tensor(x)[0].permute(1, 2, 0).numpy()
+
+
+# -- illumination UNet: the pyramid-pooled context of the whole image, fed to every tile -------
+
+
+def _unet_trunk(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The layers before the pyramid pooling (``IlluminationUNet.illumination``'s first line)."""
+    return m.ResidualBlock2(m.ResidualBlock1(F.leaky_relu(m.cond1(x), 0.2)))
+
+
+def _unet_head(m: nn.Module, x: torch.Tensor, h: torch.Tensor, branches: list[torch.Tensor]) -> torch.Tensor:
+    """The rest of ``IlluminationUNet.forward`` with the pooled branches given instead of computed."""
+    h = m.condx(m.PPM1.fuse(torch.cat([h, *branches], 1)))
+    h = m.condy(m.ResidualBlock4(m.ResidualBlock3(h)))
+    h = m.ResidualBlock6(m.ResidualBlock5(h))
+    return divide_by_illumination(x, torch.relu(m.cond_add1(h)))
+
+
+def _bin_matrix(n: int, bins: int) -> np.ndarray:
+    """(bins, n) 0/1 membership of ``AdaptiveAvgPool`` bins: [floor(i n / b), ceil((i+1) n / b))."""
+    m = np.zeros((bins, n), dtype=np.float64)
+    for i in range(bins):
+        m[i, (i * n) // bins : -(-((i + 1) * n) // bins)] = 1.0
+    return m
+
+
+def _upsample_matrix(start: int, stop: int, n: int, bins: int) -> np.ndarray:
+    """(stop - start, bins) weights of ``interpolate(bilinear, align_corners=True)`` from ``bins`` to ``n``
+    for output rows ``start:stop``."""
+    pos = np.arange(start, stop, dtype=np.float64)
+    src = pos * ((bins - 1) / (n - 1)) if n > 1 else np.zeros_like(pos)
+    i0 = np.clip(np.floor(src).astype(np.int64), 0, bins - 1)
+    i1 = np.minimum(i0 + 1, bins - 1)
+    frac = src - i0
+    m = np.zeros((stop - start, bins), dtype=np.float64)
+    np.add.at(m, (np.arange(len(pos)), i0), 1.0 - frac)
+    np.add.at(m, (np.arange(len(pos)), i1), frac)
+    return m
+
+
+@dataclass
+class _PooledContext:
+    """The UNet's pyramid-pooling branches (bins 1, 2, 3, 6 after their 1x1 conv + PReLU) for the whole image.
+
+    Pass 1 runs only the trunk on every tile and adds each tile's blend-weighted trunk features into
+    the bins' sums; because the weights sum to 1 and vanish where a tile is wrong, the sums are the
+    whole image's, so the pooled values equal ``AdaptiveAvgPool2d`` on the untiled trunk output.
+    """
+
+    model: LoadedModel
+    height: int
+    width: int
+    pooled: list[torch.Tensor]  # per bin count: (1, C, b, b) after conv + PReLU
+
+    @classmethod
+    def compute(cls, model: LoadedModel, plan: TilePlan, crop: Callable[[AxisTile, AxisTile], torch.Tensor]) -> _PooledContext:
+        m = model.module
+        bins = m.config.pool_bins
+        h_n, w_n = plan.height, plan.width
+        rows = [_bin_matrix(h_n, b) for b in bins]
+        cols = [_bin_matrix(w_n, b) for b in bins]
+        sums = [np.zeros((m.config.width, b, b), dtype=np.float64) for b in bins]
+        for r, c in plan:
+            with torch.inference_mode():
+                feat = _unet_trunk(m, crop(r, c))[0].float().cpu()
+            for k in range(len(bins)):
+                ry = torch.from_numpy((rows[k][:, r.start : r.stop] * r.weights).astype(np.float32))
+                rx = torch.from_numpy((cols[k][:, c.start : c.stop] * c.weights).astype(np.float32))
+                sums[k] += torch.einsum("iy,cyx,jx->cij", ry, feat, rx).double().numpy()
+        pooled = []
+        for k, b in enumerate(bins):
+            counts = rows[k].sum(1)[:, None] * cols[k].sum(1)[None, :]
+            mean = torch.from_numpy(sums[k] / counts)[None].to(model.device, model.dtype)
+            with torch.inference_mode():
+                pooled.append(m.PPM1.features[k][1:](mean))  # the branch after its pooling layer
+        return cls(model, h_n, w_n, pooled)
+
+    def branches(self, r: AxisTile, c: AxisTile) -> list[torch.Tensor]:
+        out = []
+        for p in self.pooled:
+            b = p.shape[-1]
+            ay = torch.from_numpy(_upsample_matrix(r.start, r.stop, self.height, b)).to(p.device, p.dtype)
+            ax = torch.from_numpy(_upsample_matrix(c.start, c.stop, self.width, b)).to(p.device, p.dtype)
+            out.append(torch.einsum("yi,ncij,xj->ncyx", ay, p, ax))
+        return out
+
+    def forward(self, x: torch.Tensor, r: AxisTile, c: AxisTile) -> torch.Tensor:
+        m = self.model.module
+        with torch.inference_mode():
+            return _unet_head(m, x, _unet_trunk(m, x), self.branches(r, c))
+
+
+# -- LLFlow: histogram equalisation of the whole (padded) image, then tiles of the padded image --
+
+
+def _mirror_index(n: int, before: int, after: int) -> torch.Tensor:
+    """Source index of each position of a symmetric (``cba|abc``) extension, as ``pad_symmetric``."""
+    pos = torch.arange(-before, n + after) % (2 * n)
+    return torch.where(pos < n, pos, 2 * n - 1 - pos)
+
+
+def equalize_lut(hist: torch.Tensor) -> torch.Tensor:
+    """(P, 256) histograms -> (P, 256) uint8 lookup tables of OpenCV's ``equalizeHist`` (the
+    algorithm of ``llflow.preprocess.equalize_hist``, from counts instead of pixels)."""
+    hist = hist.long()
+    n = hist.sum(dim=1, keepdim=True)
+    i0 = (hist > 0).int().argmax(dim=1, keepdim=True)
+    cum = hist.cumsum(dim=1)
+    counted = (cum - cum.gather(1, i0)).clamp(min=0)
+    rest = (n - hist.gather(1, i0)).to(torch.float32)
+    scale = torch.where(rest > 0, torch.tensor(255.0) / rest.clamp(min=1), 0.0)
+    lut = torch.round(counted.to(torch.float32) * scale).clamp(0, 255)
+    return torch.where(rest > 0, lut, i0.to(torch.float32)).to(torch.uint8)
+
+
+def padded_histogram(x: torch.Tensor, pad: Padding, *, rows_per_chunk: int = 256) -> torch.Tensor:
+    """(3, 256) histograms of ``quantize_u8`` of the symmetric-padded image, without building it:
+    each source pixel counts as often as the padding repeats its row times its column."""
+    _, c, h, w = x.shape
+    row_mult = torch.bincount(_mirror_index(h, pad.top, pad.bottom), minlength=h).double()
+    col_mult = torch.bincount(_mirror_index(w, pad.left, pad.right), minlength=w).double()
+    hist = torch.zeros(c, 256, dtype=torch.float64)
+    for y0 in range(0, h, rows_per_chunk):
+        q = quantize_u8(x[0, :, y0 : y0 + rows_per_chunk]).long()  # (C, rows, W)
+        weight = (row_mult[y0 : y0 + rows_per_chunk, None] * col_mult[None, :]).reshape(-1)
+        for ch in range(c):
+            hist[ch] += torch.bincount(q[ch].reshape(-1), weights=weight, minlength=256)
+    return hist.round().long()
+
+
+def _llflow_tiled(
+    model: LoadedModel, x: torch.Tensor, tile: int, out: np.ndarray, progress: Callable[[int, int], None] | None
+) -> np.ndarray:
+    """LLFlow on tiles of the padded image; the histogram equalisation comes from the whole image,
+    as untiled (its LUT is global), so only the networks' reach across tile edges differs."""
+    m = model.module
+    cfg = m.config
+    h, w = x.shape[-2:]
+    pad = auto_padding(h, w, cfg.pad_multiple)
+    rows = _mirror_index(h, pad.top, pad.bottom)
+    cols = _mirror_index(w, pad.left, pad.right)
+    lut = equalize_lut(padded_histogram(x, pad)) if cfg.concat_histeq else None
+    plan = model.tile_plan(h, w, tile)
+
+    def fn(r: AxisTile, c: AxisTile) -> np.ndarray:
+        part = x[0].index_select(1, rows[r.start : r.stop]).index_select(2, cols[c.start : c.stop])[None]
+        parts = [log_image(part)]
+        if lut is not None:
+            q = quantize_u8(part)[0].long()
+            parts.append(torch.stack([lut[ch][q[ch]] for ch in range(q.shape[0])])[None].to(torch.float32) / 255.0)
+        lq = torch.cat(parts, dim=1).to(model.device, model.dtype)
+        with torch.inference_mode():
+            features = m.condition(lq)
+            y, _ = m.decode(features, m.latent_mean(features))
+        return model._checked(y)[0].permute(1, 2, 0).numpy()
+
+    return run_tiled(plan, fn, out, offset=(pad.top, pad.left), progress=progress)

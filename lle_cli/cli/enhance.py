@@ -11,9 +11,11 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .. import api
+from .._cpu import keep_freed_memory
 from ..batch import STDIO, OutputOptions, plan_jobs, run_batch
 from .. import record as run_record
 from ..errors import UsageError
+from ..ood import ood_warner
 from ._common import (
     DeviceOpt, JsonOpt, ModelOpt, OfflineOpt, PrecisionOpt, QuietOpt, WeightsOpt, download_progress, err_console, show_progress,
 )
@@ -30,6 +32,9 @@ def enhance(
     offline: OfflineOpt = False,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
+    tile: Annotated[
+        str, typer.Option("--tile", help="Tile size in pixels for large images, 0 to never tile, auto: tile only what would not fit in memory.")
+    ] = "auto",
     fmt: Annotated[Optional[str], typer.Option("--format", "-f", help="png, jpeg, tiff, webp or bmp; default: the input's format.")] = None,
     quality: Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG/WebP quality.")] = 95,
     bit_depth: Annotated[Optional[int], typer.Option("--bit-depth", help="8 or 16 (PNG/TIFF); default: the input's.")] = None,
@@ -41,10 +46,16 @@ def enhance(
         Optional[bool],
         typer.Option("--record/--no-record", help="Write a run record (lle-run.json) beside the outputs; default: on for directories and several inputs."),
     ] = None,
+    ood_stats: Annotated[
+        Optional[Path], typer.Option("--ood-stats", help="LLFlow: warn about inputs above these `lle score-ood fit` statistics' threshold (default: the model's shipped ones).")
+    ] = None,
 ) -> int:
     """Enhance low-light or backlit photos. Exit code 0: all written, 1: some failed, 2: usage error."""
     if bit_depth not in (None, 8, 16):
         raise UsageError("--bit-depth must be 8 or 16")
+    if tile != "auto" and not tile.isdigit():
+        raise UsageError(f"--tile {tile}: expected auto, 0 (never tile) or a tile size in pixels")
+    tile_px = None if tile == "auto" else int(tile)
     opts = OutputOptions(suffix=suffix, format=fmt, quality=quality, bit_depth=bit_depth, overwrite=overwrite)
     jobs, opts = plan_jobs(inputs, output, opts)
     to_stdout = any(j.output == STDIO for j in jobs)
@@ -58,14 +69,16 @@ def enhance(
     recording = (batch_mode if record is None else record) and not to_stdout
     stdin_bytes = sys.stdin.buffer.read() if any(j.input == STDIO for j in jobs) else None
     with download_progress(show_progress(quiet, json_out)) as on_bytes:  # first use of a model downloads it
-        loaded = api.load_model(model, weights=weights, device=device, precision=precision, offline=offline, progress=on_bytes)
+        keep_freed_memory()  # this process is ours: let big freed blocks be reused
+        loaded = api.load_model(model, weights=weights, device=device, precision=precision, offline=offline, progress=on_bytes, tile=tile_px)
     if not quiet and not json_out:
         err_console.print(f"[dim]model {loaded.name} ({loaded.weights_source}) on {loaded.device}[/dim]")
+    warn_ood = ood_warner(loaded, ood_stats)  # LLFlow only; never changes the outputs
     failures: list[str] = []
     ok = 0
     results = []
     run = run_record.new_run("enhance", model=loaded, options={
-        "model": model, "weights": weights, "device": device, "precision": precision, "output": output, "format": opts.format,
+        "model": model, "weights": weights, "device": device, "precision": precision, "tile": tile, "output": output, "format": opts.format,
         "quality": quality, "bit_depth": bit_depth, "suffix": suffix, "overwrite": overwrite,
     }) if recording else None
     progress = Progress(
@@ -82,6 +95,9 @@ def enhance(
                 print(result.output, flush=True)
             if result.status == "ok":
                 ok += 1
+                message = warn_ood(result.input, stdin_bytes) if warn_ood and not quiet else None
+                if message:
+                    progress.console.print(f"[yellow]Warning:[/yellow] {message}", markup=True, soft_wrap=True, highlight=False)
             else:
                 failures.append(result.error or result.input)
                 if not json_out:

@@ -8,7 +8,7 @@ size, supported precisions).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,15 @@ class FamilySpec:
     multiple_of: int = 1  # input H and W must be multiples of this
     min_size: int = 1  # smallest H or W the network accepts
     signature_keys: frozenset[str] = frozenset()  # keys that identify a checkpoint of this family
+    # Tiling (lle_cli.tiling): an output pixel depends on inputs up to ``tile_margin`` px away through
+    # the local layers, so tiles hide that many pixels at every inner edge. ``tile_exact``: tiles
+    # reproduce the untiled result up to float rounding. ``tile_multiple``: tile size and position
+    # step (strided/squeezing networks). ``activation_bytes(config)``: peak working memory per input
+    # pixel of one forward pass in float32, measured with ru_maxrss (see bench/tiling.py).
+    tile_margin: int = 0
+    tile_exact: bool = True
+    tile_multiple: int = 1
+    activation_bytes: Callable[[Any], float] = lambda config: 2048.0
 
     def make_config(self, arch: Mapping[str, Any] | None) -> Any:
         arch = dict(arch or {})
@@ -53,6 +62,10 @@ FAMILIES: dict[str, FamilySpec] = {
         description="CLIP-LIT/RAVE illumination UNet: enhanced = clamp(x / L(x), 0, 1)",
         min_size=2,  # reflect padding of a 3x3 convolution needs at least 2 pixels
         signature_keys=frozenset({"cond1.weight", "cond_add1.weight", "PPM1.fuse.0.weight"}),
+        # 17 stacked 3x3 convolutions (5 before the pyramid pooling, its fuse, 11 after); the pooled
+        # context is global, so the tiled runner computes it once on the whole image
+        tile_margin=17,
+        activation_bytes=lambda c: 50.0 * c.width,  # 1,540-1,560 B/px measured at width 32
     ),
     "zero_dce": FamilySpec(
         name="zero_dce",
@@ -60,6 +73,8 @@ FAMILIES: dict[str, FamilySpec] = {
         model_cls=ZeroDCE,
         description="Zero-DCE curve-estimation network (8 quadratic curve iterations)",
         signature_keys=frozenset({"e_conv1.weight", "e_conv7.weight"}),
+        tile_margin=7,  # 7 stacked 3x3 convolutions: a 15 px receptive field; the curves are pointwise
+        activation_bytes=lambda c: 45.0 * c.width,  # 1,408 B/px measured at width 32
     ),
     "llflow": FamilySpec(
         name="llflow",
@@ -69,6 +84,13 @@ FAMILIES: dict[str, FamilySpec] = {
         # multiple_of stays 1: the model pads itself (by 1..16 px, symmetric), because its histogram
         # equalisation must see the padded image exactly as upstream's does
         signature_keys=frozenset({"RRDB.conv_first.weight", "RRDB.fine_tune_color_map.0.weight"}),
+        # The encoder's RRDB trunk and the flow's couplings reach hundreds of pixels: tiles are not
+        # exact, the margin trades accuracy for work; positions keep the 16 px grid of the squeezes.
+        tile_margin=64,
+        tile_exact=False,
+        tile_multiple=16,
+        # measured: 530 B/px for lol-small (64 conditioning channels), 1,590 for lol (320)
+        activation_bytes=lambda c: 320.0 + 4.5 * c.cond_channels,
     ),
 }
 

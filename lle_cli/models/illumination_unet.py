@@ -38,6 +38,8 @@ def divide_by_illumination(x: torch.Tensor, light: torch.Tensor) -> torch.Tensor
     Where ``L`` is exactly 0 the division gives inf (or NaN for 0/0) and the clamp turns it into 1
     (NaN into 0 via ``nan_to_num``), so no non-finite value ever leaves the model.
     """
+    if not torch.is_grad_enabled():
+        return torch.div(x, light).clamp_(0.0, 1.0).nan_to_num_(nan=0.0)
     return torch.nan_to_num(torch.clamp(x / light, 0.0, 1.0), nan=0.0)
 
 
@@ -50,6 +52,9 @@ class _ResidualBlock(nn.Module):
         self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False, padding_mode="reflect")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():  # inference: no fresh tensor per activation (page faults on a CPU)
+            out = self.conv2(F.leaky_relu_(self.conv1(x), 0.2))
+            return F.leaky_relu_(out.add_(x), 0.2)
         out = self.conv2(F.leaky_relu(self.conv1(x), 0.2))
         return F.leaky_relu(out + x, 0.2)
 
@@ -93,7 +98,8 @@ class IlluminationUNet(nn.Module):
         self.PPM1 = _PyramidPooling(w, cfg.pool_reduction, cfg.pool_bins)
 
     def illumination(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.ResidualBlock2(self.ResidualBlock1(F.leaky_relu(self.cond1(x), 0.2)))
+        act = F.leaky_relu if torch.is_grad_enabled() else F.leaky_relu_
+        h = self.ResidualBlock2(self.ResidualBlock1(act(self.cond1(x), 0.2)))
         h = self.condx(self.PPM1(h))
         h = self.condy(self.ResidualBlock4(self.ResidualBlock3(h)))
         h = self.ResidualBlock6(self.ResidualBlock5(h))

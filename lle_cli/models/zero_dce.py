@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["ZeroDCEConfig", "ZeroDCE", "apply_curves"]
@@ -32,6 +33,8 @@ def apply_curves(x: torch.Tensor, alphas: torch.Tensor, *, keep_every: int = 0) 
     The result is not clamped, exactly like the official code.
     """
     n = alphas.shape[1] // 3
+    if not torch.is_grad_enabled() and not keep_every:
+        return _apply_curves_inplace(x, alphas, n), x  # inference: two buffers instead of 3n temporaries
     mid = x
     for k in range(n):
         a = alphas[:, 3 * k : 3 * k + 3]
@@ -39,6 +42,24 @@ def apply_curves(x: torch.Tensor, alphas: torch.Tensor, *, keep_every: int = 0) 
         if k + 1 == keep_every:
             mid = x
     return x, (mid if keep_every else x)
+
+
+def _apply_curves_inplace(x: torch.Tensor, alphas: torch.Tensor, n: int) -> torch.Tensor:
+    y = x.clone()
+    t = torch.empty_like(y)
+    for k in range(n):
+        torch.mul(y, y, out=t)
+        y.addcmul_(alphas[:, 3 * k : 3 * k + 3], t.sub_(y))  # y + a (y^2 - y), as eq. 2
+    return y
+
+
+def _conv_of_concat(conv: nn.Conv2d, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``conv(cat([a, b], 1))`` as the sum of two convolutions over the weight's halves: no copy of
+    both inputs into a 2C-channel tensor (a large share of the time on a CPU)."""
+    k = a.shape[1]
+    w = conv.weight
+    y = F.conv2d(a, w[:, :k], conv.bias, conv.stride, conv.padding)
+    return y.add_(F.conv2d(b, w[:, k:], None, conv.stride, conv.padding))
 
 
 class ZeroDCE(nn.Module):
@@ -62,6 +83,8 @@ class ZeroDCE(nn.Module):
 
     def curve_parameters(self, x: torch.Tensor) -> torch.Tensor:
         """The ``3 * iterations`` curve maps ``A`` (tanh output), shape (B, 3n, H, W)."""
+        if not torch.is_grad_enabled():
+            return self._curve_parameters_inference(x)
         relu = torch.relu
         x1 = relu(self.e_conv1(x))
         x2 = relu(self.e_conv2(x1))
@@ -70,6 +93,18 @@ class ZeroDCE(nn.Module):
         x5 = relu(self.e_conv5(torch.cat([x3, x4], 1)))
         x6 = relu(self.e_conv6(torch.cat([x2, x5], 1)))
         return torch.tanh(self.e_conv7(torch.cat([x1, x6], 1)))
+
+    def _curve_parameters_inference(self, x: torch.Tensor) -> torch.Tensor:
+        """The same maps without autograd: activations in place, concatenations as split convolutions."""
+        x1 = self.e_conv1(x).relu_()
+        x2 = self.e_conv2(x1).relu_()
+        x3 = self.e_conv3(x2).relu_()
+        x4 = self.e_conv4(x3).relu_()
+        x5 = _conv_of_concat(self.e_conv5, x3, x4).relu_()
+        del x3, x4
+        x6 = _conv_of_concat(self.e_conv6, x2, x5).relu_()
+        del x2, x5
+        return _conv_of_concat(self.e_conv7, x1, x6).tanh_()
 
     def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(enhanced after half the iterations, enhanced, curve maps)`` like upstream's forward."""

@@ -1,0 +1,212 @@
+"""Tiled inference per family: tiled vs untiled difference and time, and peak memory on a huge photo.
+
+    python bench/tiling.py [--families F ...] [--diff-size WxH] [--rss-size WxH] [--skip-diff] [--skip-rss]
+                           [--threads T] [--json PATH]
+
+* diff: the same image (a real backlit photo from ../shared/data resized to ``--diff-size``, or a
+  synthetic one) enhanced whole (``tile=0``) and with the automatic tiling, each in its own process;
+  the largest difference in 8-bit levels (``round(255 x)``), the mean absolute difference, the run
+  times and each run's peak RSS.
+* rss: a synthetic JPEG of ``--rss-size`` (default 24 MP) read, enhanced (automatic tiling),
+  encoded as PNG and written by ``lle_cli.batch.run_job``, the code ``lle enhance`` runs, in a fresh
+  process; its peak RSS (``ru_maxrss``). Untiled would not fit, so only the tiled run is measured.
+
+Weights: upstream RAVE (``rave.unpaired``) when ../shared is present, the embedded Zero-DCE, and
+LLFlow's small config (``llflow.lol-small``) with **random weights** after one data-dependent
+ActNorm initialisation (so its outputs are not all clipped); run time and memory do not depend on
+the weight values, the tiled-vs-untiled difference does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # benchmark the checkout this script sits in, installed or not
+sys.path.insert(0, str(ROOT / "bench"))
+
+from enhance import cpu_model, load_for_bench, parse_sizes, pick_entry
+
+from lle_cli.models import FAMILIES, build_model
+from lle_cli.registry import get_registry
+from lle_cli.runner import (
+    DEFAULT_TILE_MEMORY_MB,
+    TILE_MEMORY_ENV,
+    LoadedModel,
+    tile_memory_budget,
+)
+
+DEFAULT_JSON = ROOT / "bench" / "results" / "tiling.json"
+PHOTO = ROOT.parent / "shared" / "data" / "backlit" / "110_51093502029_o.jpg"
+
+
+def load_family(family: str) -> LoadedModel:
+    if family != "llflow":
+        return load_for_bench(pick_entry(family))
+    entry = get_registry().resolve("llflow.lol-small")
+    torch.manual_seed(0)
+    module = build_model("llflow", entry.architecture)
+    x = torch.from_numpy(synthetic(96, 128)).permute(2, 0, 1)[None]
+    module.initialize_actnorms(x, (x * 4).clamp(0, 1))
+    return LoadedModel(entry, module.eval(), torch.device("cpu"), torch.float32, "random init (seed 0) + ActNorm init")
+
+
+def synthetic(h: int, w: int) -> np.ndarray:
+    """A dim gradient scene with an edge and noise, like an under-exposed photo."""
+    y = np.linspace(0, 1, h, dtype=np.float32)[:, None]
+    x = np.linspace(0, 1, w, dtype=np.float32)[None, :]
+    base = 0.04 + 0.2 * y * x + 0.1 * (x > 0.6)
+    rgb = base[:, :, None] * np.array([1.0, 0.8, 0.6], np.float32)
+    rgb = rgb + np.random.default_rng(0).random((h, w, 3), dtype=np.float32) * 0.05
+    return np.clip(rgb, 0, 1).astype(np.float32)
+
+
+def test_image(w: int, h: int) -> tuple[np.ndarray, str]:
+    if PHOTO.is_file():
+        from PIL import Image
+
+        with Image.open(PHOTO) as im:
+            rgb = np.asarray(im.convert("RGB").resize((w, h), Image.LANCZOS), dtype=np.float32) / 255
+        return rgb, f"{PHOTO.name} resized"
+    return synthetic(h, w), "synthetic"
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# -- child processes: one measurement each, fresh peak RSS -----------------------------------
+
+
+def child_diff(family: str, w: int, h: int, mode: str, out_path: str) -> dict[str, Any]:
+    model = load_family(family)
+    rgb, source = test_image(w, h)
+    model.tile = 0 if mode == "untiled" else None
+    tile = model.tile_size(h, w)
+    base = peak_rss_mib()
+    t0 = time.perf_counter()
+    out = model.enhance(rgb)
+    seconds = time.perf_counter() - t0
+    np.save(out_path, out)
+    tiles = 1 if tile is None else len(model.tile_plan(h, w, tile))
+    return {"seconds": round(seconds, 2), "peak_rss_mib": round(peak_rss_mib(), 1), "rss_before_mib": round(base, 1),
+            "tile": tile, "tiles": tiles, "image": source, "model": model.name, "weights": model.weights_source}
+
+
+def child_rss(family: str, w: int, h: int, work: str) -> dict[str, Any]:
+    from PIL import Image
+
+    from lle_cli.batch import Job, OutputOptions, run_job
+
+    src = Path(work) / "huge.jpg"
+    # made before the model is loaded; the encoder's memory is freed before the measured part
+    Image.fromarray((synthetic(h, w) * 255).astype(np.uint8)).save(src, quality=90)
+    model = load_family(family)
+    tile = model.tile_size(h, w)
+    t0 = time.perf_counter()
+    result = run_job(model, Job(str(src), str(Path(work) / "out.png")), OutputOptions(overwrite=True))
+    if result.status != "ok":
+        raise SystemExit(result.error)
+    return {"seconds": round(time.perf_counter() - t0, 1), "peak_rss_mib": round(peak_rss_mib(), 1), "tile": tile,
+            "tiles": len(model.tile_plan(h, w, tile)) if tile else 1, "model": model.name, "weights": model.weights_source}
+
+
+def run_child(*args: str) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"child {args} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# -- the table -------------------------------------------------------------------------------
+
+
+def print_table(rows: list[dict[str, Any]], cols: list[tuple[str, str]]) -> None:
+    cells = [[str(r.get(k, "")) for k, _ in cols] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, (_, h) in enumerate(cols)]
+    for line in [[h for _, h in cols], ["-" * w for w in widths], *cells]:
+        print("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        kind, family, w, h, extra = argv[1], argv[2], int(argv[3]), int(argv[4]), argv[5:]
+        if kind == "diff":
+            print(json.dumps(child_diff(family, w, h, extra[0], extra[1])))
+        else:
+            print(json.dumps(child_rss(family, w, h, extra[0])))
+        return 0
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--families", nargs="+", choices=sorted(FAMILIES), default=sorted(FAMILIES))
+    p.add_argument("--diff-size", type=parse_sizes, default="2304x1728", help="WIDTHxHEIGHT for tiled vs untiled (default 4 MP)")
+    p.add_argument("--rss-size", type=parse_sizes, default="6000x4000", help="WIDTHxHEIGHT for peak memory (default 24 MP)")
+    p.add_argument("--skip-diff", action="store_true")
+    p.add_argument("--skip-rss", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads in the children")
+    p.add_argument("--json", type=Path, default=DEFAULT_JSON)
+    args = p.parse_args(argv)
+    if args.threads is not None:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    env = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_model(),
+        "cpus": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2), "device": "cpu", "dtype": "float32",
+        "tile_budget_mib": tile_memory_budget() // 2**20, "tile_budget_env": TILE_MEMORY_ENV,
+        "default_tile_budget_mib": DEFAULT_TILE_MEMORY_MB,
+    }
+    print(f"torch {env['torch']}, {env['cpus']} CPUs (load {env['load_average_1min']}), {env['cpu']}", file=sys.stderr)
+    diffs, rss = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        if not args.skip_diff:
+            (w, h), = args.diff_size
+            for family in args.families:
+                print(f"diff {family} {w}x{h} ...", file=sys.stderr)
+                runs = {m: run_child("diff", family, str(w), str(h), m, f"{tmp}/{m}.npy") for m in ("untiled", "tiled")}
+                a, b = np.load(f"{tmp}/untiled.npy"), np.load(f"{tmp}/tiled.npy")
+                levels = np.abs(np.rint(a * 255) - np.rint(b * 255))
+                diffs.append({
+                    "family": family, "model": runs["tiled"]["model"], "weights": runs["tiled"]["weights"],
+                    "size": f"{w}x{h}", "image": runs["tiled"]["image"], "tile": runs["tiled"]["tile"],
+                    "tiles": runs["tiled"]["tiles"], "max_diff_levels": int(levels.max()),
+                    "pixels_off_by_1_pct": round(float((levels >= 1).mean() * 100), 4),
+                    "mean_abs_diff": float(np.abs(a - b).mean()), "max_abs_diff": float(np.abs(a - b).max()),
+                    "untiled_s": runs["untiled"]["seconds"], "tiled_s": runs["tiled"]["seconds"],
+                    "untiled_peak_rss_mib": runs["untiled"]["peak_rss_mib"], "tiled_peak_rss_mib": runs["tiled"]["peak_rss_mib"],
+                })
+        if not args.skip_rss:
+            (w, h), = args.rss_size
+            for family in args.families:
+                print(f"rss {family} {w}x{h} ...", file=sys.stderr)
+                r = run_child("rss", family, str(w), str(h), tmp)
+                rss.append({"family": family, "size": f"{w}x{h}", "megapixels": round(w * h / 1e6, 2), **r})
+    if diffs:
+        print_table(diffs, [("family", "family"), ("model", "model"), ("size", "size"), ("tile", "tile"), ("tiles", "tiles"),
+                            ("max_diff_levels", "max diff (8-bit levels)"), ("pixels_off_by_1_pct", "% px off"),
+                            ("max_abs_diff", "max |diff|"), ("untiled_s", "untiled s"), ("tiled_s", "tiled s"),
+                            ("untiled_peak_rss_mib", "untiled RSS MiB"), ("tiled_peak_rss_mib", "tiled RSS MiB")])
+    if rss:
+        print_table(rss, [("family", "family"), ("model", "model"), ("size", "size"), ("tile", "tile"), ("tiles", "tiles"),
+                          ("seconds", "read+enhance+write s"), ("peak_rss_mib", "peak RSS MiB")])
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"environment": env, "diff": diffs, "rss": rss}, indent=2) + "\n")
+    print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,152 @@
+"""Tiled inference: cover an image with overlapping tiles, run each, blend into one output.
+
+Pure functions, independent of any model. A tile's outer ``margin`` pixels on every side that faces
+another tile are wrong (the network padded there instead of seeing the neighbour), so they get
+weight 0; across the rest of the overlap the weight ramps with a raised cosine. The weights of all
+tiles are normalised per axis so they sum to exactly 1 at every pixel; because the tile grid is a
+product of a row plan and a column plan, the 2-D weight ``w_row * w_col`` sums to 1 as well.
+
+Peak memory of ``run_tiled`` is the preallocated output plus one tile's work.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["AxisTile", "TilePlan", "plan_axis", "plan_tiles", "run_tiled", "tile_overlap"]
+
+
+@dataclass(frozen=True)
+class AxisTile:
+    """One tile's extent along an axis and its blending weight at every position of it."""
+
+    start: int
+    size: int
+    weights: np.ndarray  # (size,) float32, already normalised across the plan
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.size
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Tiles as the product of a row plan and a column plan."""
+
+    height: int
+    width: int
+    rows: tuple[AxisTile, ...]
+    cols: tuple[AxisTile, ...]
+
+    def __len__(self) -> int:
+        return len(self.rows) * len(self.cols)
+
+    def __iter__(self) -> Iterator[tuple[AxisTile, AxisTile]]:
+        for r in self.rows:
+            for c in self.cols:
+                yield r, c
+
+    @property
+    def tiled(self) -> bool:
+        return len(self) > 1
+
+
+def tile_overlap(margin: int, multiple: int = 1) -> int:
+    """Overlap for a receptive-field ``margin``: both tiles' bad borders plus a blending ramp as wide
+    as one margin (at least 8 px), rounded up to ``multiple``."""
+    overlap = 2 * margin + max(margin, 8)
+    return -(-overlap // multiple) * multiple
+
+
+def _ramp(d: np.ndarray, margin: int, length: int) -> np.ndarray:
+    """0 within ``margin`` of an inner edge, then a raised cosine rising to 1 over ``length`` px."""
+    t = np.clip((d - margin + 1) / (length + 1), 0.0, 1.0)
+    w = 0.5 - 0.5 * np.cos(np.pi * t)
+    return np.where(d < margin, 0.0, w)
+
+
+def plan_axis(n: int, tile: int, overlap: int, margin: int, multiple: int = 1) -> tuple[AxisTile, ...]:
+    """Tiles of ``tile`` px covering ``[0, n)`` with at least ``overlap`` px between neighbours.
+
+    Starts are multiples of ``multiple`` (so strided networks see the same pixel grid as untiled;
+    ``n`` and ``tile`` must then be multiples too). Raises ``ValueError`` for a plan that cannot
+    give every pixel a tile whose uncorrupted part covers it.
+    """
+    if n < 1 or tile < 1 or multiple < 1:
+        raise ValueError(f"bad tiling request: size {n}, tile {tile}, multiple {multiple}")
+    if tile >= n:
+        return (AxisTile(0, n, np.ones(n, dtype=np.float32)),)
+    if n % multiple or tile % multiple:
+        raise ValueError(f"size {n} and tile {tile} must be multiples of {multiple}")
+    if overlap < 2 * margin or tile - overlap < multiple:
+        raise ValueError(f"tile {tile} with overlap {overlap} cannot hide a {margin} px margin on both sides")
+    count = math.ceil((n - overlap) / (tile - overlap))
+    while True:
+        span = n - tile
+        starts = [min(span, (round(i * span / (count - 1)) // multiple) * multiple) for i in range(count)]
+        starts[-1] = span
+        # rounding starts down to the multiple can shrink an overlap below what the margins need
+        if all(starts[i] + tile - starts[i + 1] >= overlap for i in range(count - 1)):
+            break
+        count += 1
+    ramp_len = max(overlap - 2 * margin, 1)
+    pos = np.arange(tile, dtype=np.float64)
+    raw = []
+    for i, s in enumerate(starts):
+        w = np.ones(tile, dtype=np.float64)
+        if i > 0:
+            w *= _ramp(pos, margin, ramp_len)
+        if i < count - 1:
+            w *= _ramp(tile - 1 - pos, margin, ramp_len)
+        raw.append(w)
+    total = np.zeros(n, dtype=np.float64)
+    for s, w in zip(starts, raw):
+        total[s : s + tile] += w
+    if not (total > 0).all():  # cannot happen with overlap >= 2 * margin; a guard for future edits
+        raise ValueError(f"tile plan leaves pixels without an uncorrupted tile (size {n}, tile {tile})")
+    return tuple(AxisTile(s, tile, (w / total[s : s + tile]).astype(np.float32)) for s, w in zip(starts, raw))
+
+
+def plan_tiles(height: int, width: int, tile: int, overlap: int, margin: int, multiple: int = 1) -> TilePlan:
+    """The 2-D plan: square tiles of ``tile`` px (smaller where the image is), see ``plan_axis``."""
+    rows = plan_axis(height, tile, overlap, margin, multiple)
+    cols = plan_axis(width, tile, overlap, margin, multiple)
+    return TilePlan(height, width, rows, cols)
+
+
+TileFn = Callable[[AxisTile, AxisTile], np.ndarray]
+
+
+def run_tiled(
+    plan: TilePlan,
+    fn: TileFn,
+    out: np.ndarray,
+    *,
+    offset: tuple[int, int] = (0, 0),
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Blend ``fn(row_tile, col_tile)`` (an (h, w, C) array for that tile) into ``out`` (H, W, C).
+
+    ``out`` must start at zero. ``offset`` is where ``out``'s pixel (0, 0) lies in the plan's
+    coordinates (a plan over a padded image writes only the unpadded part); tile pixels outside
+    ``out`` are dropped. ``progress(done, total)`` is called after every tile.
+    """
+    oy, ox = offset
+    oh, ow = out.shape[:2]
+    total = len(plan)
+    for k, (r, c) in enumerate(plan):
+        y = fn(r, c)
+        # the part of this tile that lands inside ``out``
+        y0, y1 = max(r.start, oy), min(r.stop, oy + oh)
+        x0, x1 = max(c.start, ox), min(c.stop, ox + ow)
+        if y0 < y1 and x0 < x1:
+            ty, tx = slice(y0 - r.start, y1 - r.start), slice(x0 - c.start, x1 - c.start)
+            w = r.weights[ty, None, None] * c.weights[None, tx, None]
+            out[y0 - oy : y1 - oy, x0 - ox : x1 - ox] += y[ty, tx] * w
+        if progress is not None:
+            progress(k + 1, total)
+    return out
