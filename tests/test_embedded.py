@@ -65,3 +65,15 @@ def test_metrics_reproduce_the_official_zero_dce_figures() -> None:
     import_checkpoint(shared_path("upstream", "weights", "zero_dce.pth"))
     p, s = _lol_scores(api.load_model("zero-dce.official"))
     assert abs(p - 14.86) < 0.01 and abs(s - 0.562) < 0.001
+
+
+def test_shipped_ood_statistics_verify_and_belong_to_their_model() -> None:
+    from lle_cli.ood import load_stats, shipped_stats_path
+
+    entries = [e for e in api.list_models() if e.ood_stats]
+    assert {e.name for e in entries} >= {"llflow.lle-synth-rqs", "llflow.lle-synth-affine"}
+    for entry in entries:
+        path = shipped_stats_path(entry)  # raises on a sha256 mismatch
+        assert path is not None, f"{entry.name}: {entry.ood_stats} is not in the package"
+        model = api.load_model(entry.name)
+        load_stats(path).check_model(model, source=str(path))  # fitted for exactly these weights
