@@ -50,7 +50,8 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # benchmark the checkout this script sits in, installed or not
 
-from lle_cli import api
+from bench.enhance import cpu_model, parse_sizes  # noqa: E402
+from lle_cli import api  # noqa: E402
 from lle_cli._cpu import keep_freed_memory  # noqa: E402
 from lle_cli.batch import Job, OutputOptions, run_batch  # noqa: E402
 from lle_cli.registry import get_registry  # noqa: E402
@@ -234,26 +235,6 @@ def conv_flops(net: nn.Module, x: torch.Tensor, fam: Family) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
-
-
-def parse_sizes(text: str) -> list[tuple[int, int]]:
-    sizes = []
-    for item in text.split(","):
-        w, _, h = item.strip().lower().partition("x")
-        if not (w.isdigit() and h.isdigit()) or int(w) < 1 or int(h) < 1:
-            raise argparse.ArgumentTypeError(f"{item!r} is not WIDTHxHEIGHT")
-        sizes.append((int(w), int(h)))
-    return sizes
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def stats(times: list[float]) -> dict[str, Any]:

@@ -149,6 +149,20 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
 
 
+@dataclass
+class TrainResult:
+    """What a trainer returns: where the weights went, how long it took, the last loss."""
+
+    output: Path
+    run_dir: Path
+    steps: int
+    seconds: float
+    final_loss: float
+    images: int
+    resumed_from: int | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
 # ---- stateless randomness ---------------------------------------------------------------------
 def _seed(*parts: int) -> int:
     h = hashlib.sha256(",".join(str(int(p)) for p in parts).encode()).digest()

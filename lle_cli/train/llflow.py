@@ -27,7 +27,7 @@ import json
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from .common import (
     Dist,
     LogFn,
     MetricsLog,
+    TrainResult,
     all_reduce_mean,
     barrier,
     batch_indices,
@@ -114,18 +115,6 @@ class LLFlowTrainConfig:
     log_every: int = 10
     val_every: int = 0  # 0: validate only at the end (when a validation set is given)
     val_samples: int = 4  # latents per image at tau = 1 for the non-finite fraction
-
-
-@dataclass
-class TrainResult:
-    output: Path
-    run_dir: Path
-    steps: int
-    seconds: float
-    final_loss: float
-    images: int
-    resumed_from: int | None = None
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 # ---- architecture -----------------------------------------------------------------------------

@@ -22,7 +22,6 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -36,6 +35,7 @@ from .common import (
     LogFn,
     MetricsLog,
     ProgressFn,
+    TrainResult,
     all_reduce_mean,
     augment_batch,
     barrier,
@@ -91,18 +91,6 @@ class RaveTrainConfig:
     losses: RaveLossWeights = field(default_factory=RaveLossWeights)
     clip: ClipSpec = field(default_factory=ClipSpec)
     identity_clip: ClipSpec = field(default_factory=lambda: ClipSpec(model="RN101", pretrained="openai"))
-
-
-@dataclass
-class TrainResult:
-    output: Path
-    run_dir: Path
-    steps: int
-    seconds: float
-    final_loss: float
-    images: int
-    resumed_from: int | None = None
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 # ---- pieces shared with CLIP-LIT-Latent ---------------------------------------------------------
