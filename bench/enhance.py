@@ -91,6 +91,27 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def environment(**extra: Any) -> dict[str, Any]:
+    """What every benchmark's JSON records about the run, plus ``extra``."""
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "cpu": cpu_model(),
+        "device": "cpu",
+        "dtype": "float32",
+        **extra,
+    }
+
+
+def write_results(path: Path, env: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"environment": env, "results": rows}, indent=2) + "\n")
+    print(f"wrote {path}", file=sys.stderr)
+
+
 def peak_rss_mib() -> float:
     """Peak RSS (since start, or since ``reset_peak_rss``); ru_maxrss is KiB on Linux, bytes on macOS."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -158,16 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error("--threads must be at least 1")
         torch.set_num_threads(args.threads)
 
-    env = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "cpu": cpu_model(),
-        "device": "cpu",
-        "dtype": "float32",
-    }
+    env = environment()
     print(f"torch {env['torch']}, {env['threads']} threads, {env['cpu']}", file=sys.stderr)
 
     rows = []
@@ -179,9 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         del model
 
     print_table(rows)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"environment": env, "results": rows}, indent=2) + "\n")
-    print(f"wrote {args.json}", file=sys.stderr)
+    write_results(args.json, env, rows)
     return 0
 
 

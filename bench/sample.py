@@ -16,9 +16,6 @@ time does not depend on the weight values.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -30,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # benchmark the checkout this script sits in, installed or not
 
-from bench.enhance import cpu_model, parse_sizes, peak_rss_mib, reset_peak_rss  # noqa: E402
+from bench.enhance import environment, parse_sizes, peak_rss_mib, reset_peak_rss, write_results  # noqa: E402
 from lle_cli.models import build_model, load_state_strict  # noqa: E402
 from lle_cli.registry import get_registry  # noqa: E402
 from lle_cli.runner import LoadedModel  # noqa: E402
@@ -120,15 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--n must be at least 1")
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))
-    env = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "cpu": cpu_model(),
-        "device": "cpu",
-        "dtype": "float32",
-    }
+    env = environment()
     print(f"torch {env['torch']}, {env['threads']} threads, {env['cpu']}", file=sys.stderr)
     model = load(args.model, args.weights, low_light(320, 240))
     print(f"{model.name} ({model.weights_source})", file=sys.stderr)
@@ -138,9 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{w}x{h}: enhance once, then sample n={args.n} ...", file=sys.stderr)
         rows.append(measure(model, w, h, args.n))
     print_table(rows)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"environment": env, "results": rows}, indent=2) + "\n")
-    print(f"wrote {args.json}", file=sys.stderr)
+    write_results(args.json, env, rows)
     return 0
 
 

@@ -28,10 +28,7 @@ scope: the project has no trained LLFlow weights yet and no official code path t
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -50,7 +47,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # benchmark the checkout this script sits in, installed or not
 
-from bench.enhance import cpu_model, parse_sizes  # noqa: E402
+from bench.enhance import environment, parse_sizes, write_results  # noqa: E402
 from lle_cli import api  # noqa: E402
 from lle_cli._cpu import keep_freed_memory  # noqa: E402
 from lle_cli.batch import Job, OutputOptions, run_batch  # noqa: E402
@@ -390,22 +387,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
-    env = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "cpu": cpu_model(),
-        "peak_gflops": args.peak_gflops,
-        "device": "cpu",
-        "dtype": "float32",
-        "note": "machine shared with other jobs; official and lle runs interleaved so the ratio of medians is fair",
-        "baseline": "plain fp32 nets under no_grad; input PIL + ToTensor (RAVE inference.py) or np/255 + permute "
+    env = environment(
+        peak_gflops=args.peak_gflops,
+        note="machine shared with other jobs; official and lle runs interleaved so the ratio of medians is fair",
+        baseline="plain fp32 nets under no_grad; input PIL + ToTensor (RAVE inference.py) or np/255 + permute "
         "(SCL-LLE lowlight_test.py); output torchvision save_image (Pillow PNG, level 6); SCL-LLE model built "
         "and loaded per image, RAVE model loaded once",
-        "out_of_scope": {"llflow": "no trained LLFlow weights in the project and no official single-image path to compare"},
-    }
+        out_of_scope={"llflow": "no trained LLFlow weights in the project and no official single-image path to compare"},
+    )
     print(f"torch {env['threads']} threads, {env['cpu']}", file=sys.stderr)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="lle-vs-official-") as tmp:
@@ -413,9 +402,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.extend(bench_family(FAMILIES[name], args.sizes, args, Path(tmp)))
     print()
     print_table(rows)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"environment": env, "results": rows}, indent=2) + "\n")
-    print(f"wrote {args.json}", file=sys.stderr)
+    write_results(args.json, env, rows)
     return 0
 
 
