@@ -202,6 +202,14 @@ def test_resume_continues_exactly(pairs, tmp_path, micro, coupling) -> None:
     ck = load_checkpoint(tmp_path / "rb" / "checkpoints" / "step-00000002.safetensors")
     side = json.loads((tmp_path / "rb" / "checkpoints" / "step-00000002.json").read_text())
     assert ck.step == 2 and "llflow" in ck.optimizers and side["step"] == 2
+    # the optimiser state is a separate file: the weights file alone carries none, and resuming needs it
+    opt_file = tmp_path / "rb" / "checkpoints" / "step-00000002.optim.safetensors"
+    assert side["optimizer_file"] == opt_file.name and not any(k.startswith("optim/") for k in load_safetensors(ck.path))
+    assert load_checkpoint(ck.path, optimizers=False).optimizers == {}
+    opt_file.rename(opt_file.with_suffix(".bak"))
+    with pytest.raises(InputError, match="optim.safetensors is missing"):
+        load_checkpoint(ck.path)
+    opt_file.with_suffix(".bak").rename(opt_file)
     assert side["meta"]["config"]["architecture"]["coupling"] == coupling and np.isfinite(side["meta"]["metrics"]["nll"])
     resumed = train_llflow(pairs, tmp_path / "c.safetensors", cfg(4), run_dir=tmp_path / "rb", resume=tmp_path / "rb")
     assert resumed.resumed_from == 2
@@ -263,4 +271,5 @@ def test_two_process_ddp_with_gloo_stays_in_sync(pairs, tmp_path, micro) -> None
     rows = _metrics(tmp_path / "ddp_run")
     assert [r["step"] for r in rows] == [1, 2, 3] and all(np.isfinite(r["nll"]) for r in rows)
     assert all(r["rank_spread"] == 0.0 for r in rows)  # identical weights on both ranks after every step
-    assert sorted(p.name for p in (tmp_path / "ddp_run" / "checkpoints").iterdir()) == ["step-00000003.json", "step-00000003.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "ddp_run" / "checkpoints").iterdir()) == [
+        "step-00000003.json", "step-00000003.optim.safetensors", "step-00000003.safetensors"]

@@ -167,4 +167,5 @@ def test_two_process_ddp_with_gloo(data, tmp_path) -> None:
     assert proc.stdout.strip() == str(out)  # only rank 0 reports
     rows = _metrics(tmp_path / "ddp_run")
     assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
-    assert sorted(p.name for p in (tmp_path / "ddp_run" / "checkpoints").iterdir()) == ["step-00000002.json", "step-00000002.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "ddp_run" / "checkpoints").iterdir()) == [
+        "step-00000002.json", "step-00000002.optim.safetensors", "step-00000002.safetensors"]

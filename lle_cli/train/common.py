@@ -1,9 +1,11 @@
 """Machinery shared by every trainer: checkpoints with resume, a metrics log, DDP, data helpers.
 
-* **Checkpoints** are one safetensors file per save (modules, optimiser tensors, extra tensors) whose
-  ``lle`` metadata holds the step, the optimisers' non-tensor state and the run's JSON metadata, plus a
-  human-readable JSON sidecar (step, sha256 of the safetensors file, metadata). No pickles anywhere.
-  ``load_checkpoint`` verifies the sha256 from the sidecar when there is one.
+* **Checkpoints** are, per save, ``step-N.safetensors`` (modules and extra tensors; its ``lle``
+  metadata holds the step and the run's JSON metadata), ``step-N.optim.safetensors`` (the optimisers'
+  tensors, their non-tensor state in its metadata; only needed to resume, so a checkpoint can be
+  shared or evaluated without it) and a human-readable JSON sidecar ``step-N.json`` (step, the sha256
+  of both files, metadata). No pickles anywhere. ``load_checkpoint`` verifies both sha256s from the
+  sidecar when there is one.
 * **Randomness** is stateless: the generator of step ``s`` on rank ``r`` is seeded from
   ``(seed, s, r)``, and batches come from per-epoch permutations seeded from ``(seed, epoch)``. A run
   resumed from a checkpoint therefore draws exactly the batches it would have drawn, with no RNG state
@@ -65,7 +67,7 @@ __all__ = [
 
 ProgressFn = Callable[[int, int, float], None]  # (step, total steps, loss)
 LogFn = Callable[[str], None]  # one line for the user (stderr), e.g. "semantic term off: no --labels"
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 _CKPT_RE = re.compile(r"^step-(\d+)\.safetensors$")
 
 
@@ -263,6 +265,11 @@ def _unflatten_optimizer(name: str, info: Mapping[str, Any], tensors: Mapping[st
     return {"state": state, "param_groups": groups}
 
 
+def optimizer_path(path: Path) -> Path:
+    """The optimiser-state file that goes with checkpoint ``path``."""
+    return Path(path).with_suffix(".optim.safetensors")
+
+
 def save_checkpoint(
     path: Path,
     *,
@@ -272,51 +279,70 @@ def save_checkpoint(
     tensors: Mapping[str, torch.Tensor] = {},
     meta: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ``path`` (safetensors) and ``path.json`` (sidecar) atomically; returns ``path``."""
+    """Write ``path`` (safetensors), its optimiser file and ``path.json`` (sidecar), each atomically."""
     path = Path(path)
     flat: dict[str, torch.Tensor] = {}
     for name, mod in modules.items():
         for k, v in unwrap(mod).state_dict().items():
             flat[f"module/{name}/{k}"] = v.detach().cpu().clone().contiguous()
-    opt_info = {name: _flatten_optimizer(name, opt, flat) for name, opt in optimizers.items()}
     for name, t in tensors.items():
         flat[f"tensor/{name}"] = t.detach().cpu().clone().contiguous()
-    header = {"format": CHECKPOINT_FORMAT, "step": int(step), "optimizers": opt_info, "meta": jsonable(dict(meta or {}))}
+    header = {"format": CHECKPOINT_FORMAT, "step": int(step), "meta": jsonable(dict(meta or {}))}
+    sidecar: dict[str, Any] = {"step": int(step), "file": path.name}
+    if optimizers:
+        opt_flat: dict[str, torch.Tensor] = {}
+        opt_info = {name: _flatten_optimizer(name, opt, opt_flat) for name, opt in optimizers.items()}
+        opt_path = optimizer_path(path)
+        opt_header = {"format": CHECKPOINT_FORMAT, "step": int(step), "optimizers": opt_info}
+        save_safetensors(opt_flat, opt_path, metadata={"lle": json.dumps(opt_header, sort_keys=True)})
+        sidecar.update(optimizer_file=opt_path.name, optimizer_sha256=sha256_file(opt_path))
     save_safetensors(flat, path, metadata={"lle": json.dumps(header, sort_keys=True)})
-    sidecar = {
-        "step": int(step),
-        "file": path.name,
-        "sha256": sha256_file(path),
-        "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "meta": header["meta"],
-    }
+    sidecar.update(
+        sha256=sha256_file(path),
+        saved=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        meta=header["meta"],
+    )
     _write_json_atomic(path.with_suffix(".json"), sidecar)
     return path
 
 
-def load_checkpoint(path: Path) -> Checkpoint:
+def _lle_header(path: Path) -> dict[str, Any]:
     from safetensors import safe_open
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such checkpoint")
-    side = path.with_suffix(".json")
-    if side.is_file():
-        try:
-            expected = json.loads(side.read_text()).get("sha256")
-        except (OSError, ValueError):
-            expected = None
-        if expected and sha256_file(path) != expected:
-            raise WeightsError(f"{path}: sha256 does not match {side.name}; the checkpoint is corrupt, resume from an earlier one")
-    flat = load_safetensors(path)
     with safe_open(str(path), "pt") as f:
         raw = (f.metadata() or {}).get("lle")
     try:
         header = json.loads(raw or "")
-        step = int(header["step"])
+        int(header["step"])
     except (ValueError, KeyError, TypeError) as e:
         raise WeightsError(f"{path}: not an lle training checkpoint (no step metadata)") from e
-    ck = Checkpoint(path, step, dict(header.get("meta", {})))
+    return header
+
+
+def load_checkpoint(path: Path, *, optimizers: bool = True) -> Checkpoint:
+    """Read a checkpoint; with ``optimizers`` also its optimiser file (needed to resume)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such checkpoint")
+    side = path.with_suffix(".json")
+    sidecar: dict[str, Any] = {}
+    if side.is_file():
+        try:
+            sidecar = json.loads(side.read_text())
+        except (OSError, ValueError):
+            sidecar = {}
+    opt_path = optimizer_path(path)
+    checks = [(path, sidecar.get("sha256"))]
+    if optimizers:
+        if sidecar.get("optimizer_file") and not opt_path.is_file():
+            raise InputError(f"{path}: its optimiser state {opt_path.name} is missing; copy it beside the checkpoint to resume")
+        checks.append((opt_path, sidecar.get("optimizer_sha256")))
+    for f, expected in checks:
+        if expected and sha256_file(f) != expected:
+            raise WeightsError(f"{f}: sha256 does not match {side.name}; the checkpoint is corrupt, resume from an earlier one")
+    header = _lle_header(path)
+    ck = Checkpoint(path, int(header["step"]), dict(header.get("meta", {})))
+    flat = load_safetensors(path)
     for key, v in flat.items():
         kind, _, rest = key.partition("/")
         if kind == "module":
@@ -324,8 +350,13 @@ def load_checkpoint(path: Path) -> Checkpoint:
             ck.modules.setdefault(name, {})[k] = v
         elif kind == "tensor":
             ck.tensors[rest] = v
-    for name, info in header.get("optimizers", {}).items():
-        ck.optimizers[name] = _unflatten_optimizer(name, info, flat)
+    if optimizers and opt_path.is_file():
+        opt_header = _lle_header(opt_path)
+        if int(opt_header["step"]) != ck.step:
+            raise WeightsError(f"{opt_path}: optimiser state of step {opt_header['step']}, not {ck.step}; resume from a complete checkpoint")
+        opt_flat = load_safetensors(opt_path)
+        for name, info in opt_header.get("optimizers", {}).items():
+            ck.optimizers[name] = _unflatten_optimizer(name, info, opt_flat)
     return ck
 
 
@@ -351,6 +382,7 @@ def prune_checkpoints(directory: Path, keep: int) -> None:
         return
     for _, p in _checkpoints(directory)[:-keep]:
         p.unlink(missing_ok=True)
+        optimizer_path(p).unlink(missing_ok=True)
         p.with_suffix(".json").unlink(missing_ok=True)
 
 
