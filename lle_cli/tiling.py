@@ -85,6 +85,10 @@ def plan_axis(n: int, tile: int, overlap: int, margin: int, multiple: int = 1) -
     if overlap < 2 * margin or tile - overlap < multiple:
         raise ValueError(f"tile {tile} with overlap {overlap} cannot hide a {margin} px margin on both sides")
     count = math.ceil((n - overlap) / (tile - overlap))
+    # The same number of tiles, each only as long as the overlaps need: rounding the count up
+    # otherwise leaves the neighbours overlapping far more than required, which is work thrown away.
+    need = -(-(n + (count - 1) * overlap) // count)
+    tile = min(tile, -(-need // multiple) * multiple)
     while True:
         span = n - tile
         starts = [min(span, (round(i * span / (count - 1)) // multiple) * multiple) for i in range(count)]

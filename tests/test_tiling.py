@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -57,15 +58,20 @@ def test_axis_plan_covers_every_pixel_and_weights_sum_to_one(n, tile, margin, mu
     assert tiles[0].start == 0 and tiles[-1].stop == n
     total = np.zeros(n)
     covered = np.zeros(n, dtype=bool)
+    size = tiles[0].size
+    assert size <= tile and size % multiple == 0
+    # no larger than the overlaps need: one multiple less and the same number of tiles falls short
+    assert (size - multiple) * len(tiles) < n + (len(tiles) - 1) * overlap
+    assert len(tiles) == math.ceil((n - overlap) / (tile - overlap))  # and no more tiles than the requested size needs
     for i, t in enumerate(tiles):
-        assert t.start % multiple == 0 and t.size == tile and t.weights.shape == (tile,)
+        assert t.start % multiple == 0 and t.size == size and t.weights.shape == (size,)
         assert (t.weights >= 0).all()
         # a tile's margin at an edge that faces another tile never contributes
         if i > 0:
             assert (t.weights[:margin] == 0).all()
             assert tiles[i - 1].stop - t.start >= overlap
         if i < len(tiles) - 1:
-            assert (t.weights[tile - margin :] == 0).all()
+            assert (t.weights[size - margin :] == 0).all()
         total[t.start : t.stop] += t.weights
         covered[t.start : t.stop] = True
     assert covered.all()
