@@ -32,7 +32,7 @@ def enhance(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     tile: Annotated[
-        str, typer.Option("--tile", help="Tile size in pixels for large images, 0 to never tile, auto: tile only what would not fit in memory.")
+        str, typer.Option("--tile", help="Largest tile size in pixels for large images, 0 to never tile, auto: tile only what would not fit in memory.")
     ] = "auto",
     fmt: Annotated[Optional[str], typer.Option("--format", "-f", help="png, jpeg, tiff, webp or bmp; default: the input's format.")] = None,
     quality: Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG/WebP quality.")] = 95,
