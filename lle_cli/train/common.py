@@ -350,6 +350,9 @@ def load_checkpoint(path: Path, *, optimizers: bool = True) -> Checkpoint:
             ck.modules.setdefault(name, {})[k] = v
         elif kind == "tensor":
             ck.tensors[rest] = v
+    if optimizers:  # format 1 (before the separate file) kept the optimisers in the checkpoint itself
+        for name, info in header.get("optimizers", {}).items():
+            ck.optimizers[name] = _unflatten_optimizer(name, info, flat)
     if optimizers and opt_path.is_file():
         opt_header = _lle_header(opt_path)
         if int(opt_header["step"]) != ck.step:
