@@ -70,7 +70,7 @@ class _DenseBlock(nn.Module):
         for i, conv in enumerate(convs):
             n = c + i * gc
             buf[:, n : n + gc] = F.leaky_relu(conv(buf[:, :n]), 0.2)
-        return self.conv5(buf) * 0.2 + x
+        return self.conv5(buf).mul_(0.2).add_(x)  # in place: same rounding, no 64-channel temporaries
 
 
 class _RRDB(nn.Module):
@@ -83,7 +83,8 @@ class _RRDB(nn.Module):
         self.RDB3 = _DenseBlock(nf, gc)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.RDB3(self.RDB2(self.RDB1(x))) * 0.2 + x
+        y = self.RDB3(self.RDB2(self.RDB1(x)))
+        return y * 0.2 + x if torch.is_grad_enabled() else y.mul_(0.2).add_(x)
 
 
 @dataclass
@@ -97,6 +98,12 @@ class EncoderFeatures:
 
     levels: list[torch.Tensor]
     color_map: torch.Tensor
+
+
+# The encoder's full-resolution head runs on strips of about this many pixels in inference, each
+# with this many rows of context above and below (noise map: 1, conv_first: 1, conv_second: 1).
+_HEAD_STRIP_PIXELS = 1 << 18
+_HEAD_HALO = 3
 
 
 def _half(x: torch.Tensor) -> torch.Tensor:
@@ -125,38 +132,74 @@ class ConditionEncoder(nn.Module):
         cmap = colour_map(lq[:, :3].exp())
         return torch.cat([lq, cmap, noise_map(cmap)], dim=1)
 
-    def _trunk(self, lq: torch.Tensor, keep: frozenset[int] | None) -> tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor]]:
-        """``fea_head`` (half resolution), the last block's output and the blocks in ``keep`` (None: all).
+    def _head(self, lq: torch.Tensor) -> torch.Tensor:
+        """``fea_head``: the two full-resolution convolutions, max-pooled to half resolution.
 
-        Only the kept block outputs stay alive: at 2048x1536 each is ~200 MB.
+        In inference this runs in horizontal strips: at full resolution each 64-channel map (and the
+        convolution's reordered copies of it) costs 256 bytes per pixel, more than everything the
+        encoder keeps at half resolution. A strip reads 3 extra rows on each side (the noise map's
+        central difference and two 3x3 convolutions), so its kept rows are exact.
         """
-        head = self.conv_second(F.leaky_relu(self.conv_first(self.first_conv_input(lq)), 0.2))
-        head = F.max_pool2d(head, 2)
-        kept: dict[int, torch.Tensor] = {}
-        out = head
-        for i, block in enumerate(self.RRDB_trunk):
-            out = block(out)
-            if keep is None or i in keep:
-                kept[i] = out
-        return head, out, kept
+        h = lq.shape[-2]
+        rows = max(_HEAD_STRIP_PIXELS // lq.shape[-1], 8) // 2 * 2  # even: strips pool in pairs
+        if torch.is_grad_enabled() or h <= rows or h % 2:
+            return self._head_strip(lq)
+        out = lq.new_empty(lq.shape[0], self.config.nf, h // 2, lq.shape[-1] // 2)
+        for y0 in range(0, h, rows):
+            y1 = min(y0 + rows, h)
+            lo, hi = max(y0 - _HEAD_HALO, 0), min(y1 + _HEAD_HALO, h)
+            part = self._head_strip(lq[..., lo:hi, :], keep=(y0 - lo, y1 - lo))
+            out[..., y0 // 2 : y1 // 2, :] = part
+        return out
+
+    def _head_strip(self, lq: torch.Tensor, keep: tuple[int, int] | None = None) -> torch.Tensor:
+        h = F.leaky_relu(self.conv_first(self.first_conv_input(lq)), 0.2, inplace=not torch.is_grad_enabled())
+        h = self.conv_second(h)
+        if keep is not None:
+            h = h[..., keep[0] : keep[1], :]
+        return F.max_pool2d(h, 2)
 
     def block_features(self, lq: torch.Tensor) -> torch.Tensor:
         """All RRDB block outputs concatenated, (B, nb * nf, H/2, W/2): a descriptor for OOD scoring."""
-        kept = self._trunk(lq, None)[2]
-        return torch.cat([kept[i] for i in range(len(kept))], dim=1)
+        out = self._head(lq)
+        blocks = []
+        for block in self.RRDB_trunk:
+            out = block(out)
+            blocks.append(out)
+        return torch.cat(blocks, dim=1)
 
     def forward(self, lq: torch.Tensor) -> EncoderFeatures:
-        stack = self.config.stack_blocks
-        head, last, kept = self._trunk(lq, frozenset(stack))
-        fea_down2 = head + self.trunk_conv(last)
+        nf, stack = self.config.nf, self.config.stack_blocks
+        head = self._head(lq)
+        # Level 1's feature (fea_down2, then the stacked block outputs) is filled in place as the
+        # trunk runs: no block output outlives its successor and nothing is concatenated at half
+        # resolution (each 320-channel copy there costs 320 bytes per input pixel).
+        level1 = head.new_empty(head.shape[0], nf * (1 + len(stack)), *head.shape[2:])
+        inference = not torch.is_grad_enabled()
+        if inference:  # head lives in level 1's first channels until fea_down2 replaces it there
+            level1[:, :nf] = head
+            head = level1[:, :nf]
+        out = head
+        for i, block in enumerate(self.RRDB_trunk):
+            out = block(out)
+            for k in (k for k, b in enumerate(stack) if b == i):
+                level1[:, nf * (1 + k) : nf * (2 + k)] = out
+        if inference:
+            fea_down2 = head.add_(self.trunk_conv(out))
+        else:  # autograd saved ``head`` for the first block's backward: no writing into it
+            fea_down2 = head + self.trunk_conv(out)
+            level1[:, :nf] = fea_down2
+        del head, out
         # Upstream applies an in-place LeakyReLU to fea_down4 before the next step, so the feature
         # it returns for level 2 (fea_up1) is the activated one; fea_down8 has no activation.
         fea_down4 = F.leaky_relu(self.downconv1(_half(fea_down2)), 0.2)
         fea_down8 = self.downconv2(_half(fea_down4))
-        color_map = self.fine_tune_color_map(F.interpolate(fea_down2, scale_factor=2))  # nearest
-        levels = [fea_down2, fea_down4, fea_down8]
-        if stack:
-            stacked = torch.cat([kept[i] for i in stack], dim=1)
-            # nearest resize: the identity at 1/2, every 2nd pixel at 1/4, every 4th at 1/8
-            levels = [torch.cat([f, F.interpolate(stacked, f.shape[-2:])], dim=1) for f in levels]
+        # Upstream upsamples fea_down2 (nearest) before the 1x1 conv + sigmoid; both are per pixel,
+        # so running them first at half resolution gives the same values for a quarter of the memory.
+        color_map = F.interpolate(self.fine_tune_color_map(fea_down2), scale_factor=2)
+        if not stack:
+            return EncoderFeatures([level1, fea_down4, fea_down8], color_map)
+        # Upstream resizes the stacked outputs (nearest) to 1/4 and 1/8: every 2nd and 4th pixel.
+        stacked = level1[:, nf:]
+        levels = [level1] + [torch.cat([f, stacked[..., ::s, ::s]], dim=1) for f, s in ((fea_down4, 2), (fea_down8, 4))]
         return EncoderFeatures(levels, color_map)
