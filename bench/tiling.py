@@ -44,10 +44,9 @@ from enhance import cpu_model, load_for_bench, parse_sizes, pick_entry
 from lle_cli.models import FAMILIES, build_model
 from lle_cli.registry import get_registry
 from lle_cli.runner import (
-    DEFAULT_TILE_MEMORY_MB,
+    PROCESS_MEMORY_MB,
     TILE_MEMORY_ENV,
     LoadedModel,
-    tile_memory_budget,
 )
 
 DEFAULT_JSON = ROOT / "bench" / "results" / "tiling.json"
@@ -92,19 +91,24 @@ def peak_rss_mib() -> float:
 # -- child processes: one measurement each, fresh peak RSS -----------------------------------
 
 
+def describe_plan(plan: Any) -> dict[str, Any]:
+    if plan is None:
+        return {"tile": "whole", "tiles": 1, "work": 1.0}
+    return {"tile": f"{plan.cols[0].size}x{plan.rows[0].size}", "tiles": len(plan), "work": round(plan.work, 3)}
+
+
 def child_diff(family: str, w: int, h: int, mode: str, out_path: str) -> dict[str, Any]:
     model = load_family(family)
     rgb, source = test_image(w, h)
     model.tile = 0 if mode == "untiled" else None
-    tile = model.tile_size(h, w)
+    plan = model.tile_plan(h, w)
     base = peak_rss_mib()
     t0 = time.perf_counter()
     out = model.enhance(rgb)
     seconds = time.perf_counter() - t0
     np.save(out_path, out)
-    tiles = 1 if tile is None else len(model.tile_plan(h, w, tile))
     return {"seconds": round(seconds, 2), "peak_rss_mib": round(peak_rss_mib(), 1), "rss_before_mib": round(base, 1),
-            "tile": tile, "tiles": tiles, "image": source, "model": model.name, "weights": model.weights_source}
+            **describe_plan(plan), "image": source, "model": model.name, "weights": model.weights_source}
 
 
 def child_rss(family: str, w: int, h: int, work: str) -> dict[str, Any]:
@@ -116,13 +120,13 @@ def child_rss(family: str, w: int, h: int, work: str) -> dict[str, Any]:
     # made before the model is loaded; the encoder's memory is freed before the measured part
     Image.fromarray((synthetic(h, w) * 255).astype(np.uint8)).save(src, quality=90)
     model = load_family(family)
-    tile = model.tile_size(h, w)
+    plan = model.tile_plan(h, w)
     t0 = time.perf_counter()
     result = run_job(model, Job(str(src), str(Path(work) / "out.png")), OutputOptions(overwrite=True))
     if result.status != "ok":
         raise SystemExit(result.error)
-    return {"seconds": round(time.perf_counter() - t0, 1), "peak_rss_mib": round(peak_rss_mib(), 1), "tile": tile,
-            "tiles": len(model.tile_plan(h, w, tile)) if tile else 1, "model": model.name, "weights": model.weights_source}
+    return {"seconds": round(time.perf_counter() - t0, 1), "peak_rss_mib": round(peak_rss_mib(), 1),
+            **describe_plan(plan), "model": model.name, "weights": model.weights_source}
 
 
 def run_child(*args: str) -> dict[str, Any]:
@@ -166,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_model(),
         "cpus": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2), "device": "cpu", "dtype": "float32",
-        "tile_budget_mib": tile_memory_budget() // 2**20, "tile_budget_env": TILE_MEMORY_ENV,
-        "default_tile_budget_mib": DEFAULT_TILE_MEMORY_MB,
+        "tile_budget_env": TILE_MEMORY_ENV, "tile_budget_env_value": os.environ.get(TILE_MEMORY_ENV),
+        "process_memory_target_mib": PROCESS_MEMORY_MB,
     }
     print(f"torch {env['torch']}, {env['cpus']} CPUs (load {env['load_average_1min']}), {env['cpu']}", file=sys.stderr)
     diffs, rss = [], []
@@ -182,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                 diffs.append({
                     "family": family, "model": runs["tiled"]["model"], "weights": runs["tiled"]["weights"],
                     "size": f"{w}x{h}", "image": runs["tiled"]["image"], "tile": runs["tiled"]["tile"],
-                    "tiles": runs["tiled"]["tiles"], "max_diff_levels": int(levels.max()),
+                    "tiles": runs["tiled"]["tiles"], "work": runs["tiled"]["work"], "max_diff_levels": int(levels.max()),
                     "pixels_off_by_1_pct": round(float((levels >= 1).mean() * 100), 4),
                     "mean_abs_diff": float(np.abs(a - b).mean()), "max_abs_diff": float(np.abs(a - b).max()),
                     "untiled_s": runs["untiled"]["seconds"], "tiled_s": runs["tiled"]["seconds"],
@@ -195,12 +199,12 @@ def main(argv: list[str] | None = None) -> int:
                 r = run_child("rss", family, str(w), str(h), tmp)
                 rss.append({"family": family, "size": f"{w}x{h}", "megapixels": round(w * h / 1e6, 2), **r})
     if diffs:
-        print_table(diffs, [("family", "family"), ("model", "model"), ("size", "size"), ("tile", "tile"), ("tiles", "tiles"),
+        print_table(diffs, [("family", "family"), ("model", "model"), ("size", "size"), ("tile", "tile"), ("tiles", "tiles"), ("work", "work"),
                             ("max_diff_levels", "max diff (8-bit levels)"), ("pixels_off_by_1_pct", "% px off"),
                             ("max_abs_diff", "max |diff|"), ("untiled_s", "untiled s"), ("tiled_s", "tiled s"),
                             ("untiled_peak_rss_mib", "untiled RSS MiB"), ("tiled_peak_rss_mib", "tiled RSS MiB")])
     if rss:
-        print_table(rss, [("family", "family"), ("model", "model"), ("size", "size"), ("tile", "tile"), ("tiles", "tiles"),
+        print_table(rss, [("family", "family"), ("model", "model"), ("size", "size"), ("tile", "tile"), ("tiles", "tiles"), ("work", "work"),
                           ("seconds", "read+enhance+write s"), ("peak_rss_mib", "peak RSS MiB")])
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"environment": env, "diff": diffs, "rss": rss}, indent=2) + "\n")

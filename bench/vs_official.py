@@ -742,8 +742,9 @@ class _LleSide:
         return _timed(run)
 
     def op_tile(self, height: int, width: int) -> dict[str, Any]:
-        """The tile side ``lle enhance`` picks for this size (None: the image runs whole)."""
-        return {"tile": self.model.tile_size(height, width)}
+        """The tiles ``lle enhance`` runs for this size (None: the image runs whole)."""
+        plan = self.model.tile_plan(height, width)
+        return {"tile": None if plan is None else plan.describe()}
 
     def op_network(self, src: str) -> dict[str, float]:
         if src not in self.inputs:
@@ -930,7 +931,7 @@ def bench_family(fam: Family, sizes: list[tuple[int, int]], args: argparse.Names
                 "max_level_diff_8bit": diff,
                 "fraction_over_1_level": round(frac_over_1, 6),
                 "within_1_level": diff <= 1,
-                "lle_tile_px": lle.call("tile", height=h, width=w)["tile"],
+                "lle_tiles": lle.call("tile", height=h, width=w)["tile"],
                 "png_bytes": {"official": out_official.stat().st_size, "lle": out_lle.stat().st_size},
                 "golden_rel_err": float(f"{golden_err:.2e}"),
                 "workers": hello,
@@ -940,7 +941,7 @@ def bench_family(fam: Family, sizes: list[tuple[int, int]], args: argparse.Names
             if diff > 1:
                 row["diff_note"] = (
                     "random-weight LLFlow: the reverse flow amplifies small differences"
-                    + (" (here lle also tiles the image, as `lle enhance` does at this size)" if row["lle_tile_px"] else "")
+                    + (" (here lle also tiles the image, as `lle enhance` does at this size)" if row["lle_tiles"] else "")
                     + "; difference recorded, not enforced"
                 )
             if args.compute_repeats:

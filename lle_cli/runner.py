@@ -8,7 +8,6 @@ not fit the memory budget runs as overlapping tiles blended into one preallocate
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,23 +22,29 @@ from .models import FAMILIES, FamilySpec
 from .models.illumination_unet import divide_by_illumination
 from .models.llflow.preprocess import Padding, auto_padding, log_image, quantize_u8
 from .registry import ModelEntry
-from .tiling import AxisTile, TilePlan, plan_tiles, run_tiled, tile_overlap
+from .tiling import AxisTile, TilePlan, plan_tiles, plan_within_area, run_tiled, tile_overlap
 
-__all__ = ["LoadedModel", "NonFiniteOutputError", "TILE_MEMORY_ENV", "DEFAULT_TILE_MEMORY_MB", "tile_memory_budget"]
+__all__ = ["LoadedModel", "NonFiniteOutputError", "TILE_MEMORY_ENV", "PROCESS_MEMORY_MB", "tile_memory_budget"]
 
 TILE_MEMORY_ENV = "LLE_TILE_MEMORY_MB"
-# Working memory one forward pass may take. With ~0.55 GB for Python + torch and ~1.2 GB at the
-# worst moment for a 24-megapixel image's own copies (decoded, float input, float output, 8/16-bit
-# encoding), 1 GiB keeps the whole process under 3 GB (bench/tiling.py measures it).
-DEFAULT_TILE_MEMORY_MB = 1024
-_MIN_TILE = 64  # below this the overlap is most of the work
+# Automatic tiling keeps a whole ``lle enhance`` process near this many MiB: Python, torch and the
+# weights take ~0.6 GB, the image's own copies while tiles run (decoded bytes, float input, float
+# output) ~32 bytes per pixel, and one pass's activations get the rest, at least 512 MiB. A 3 MP
+# photo gets ~1.8 GiB (LLFlow runs it as 3 tiles, not 12), a 24 MP one ~1.2 GiB (bench/tiling.py
+# measures the peak: under 3 GB for every family).
+PROCESS_MEMORY_MB = 2560
+_RUNTIME_MB = 640
+_IMAGE_BYTES_PER_PIXEL = 32
+_MIN_TILE_MEMORY_MB = 512
 
 
-def tile_memory_budget() -> int:
-    """Bytes of activations one pass may use: ``$LLE_TILE_MEMORY_MB`` or the default."""
+def tile_memory_budget(pixels: int = 0) -> int:
+    """Bytes of activations one pass may use for an image of ``pixels``: ``$LLE_TILE_MEMORY_MB``, or
+    what the process target leaves after the runtime and the image's own copies."""
     raw = os.environ.get(TILE_MEMORY_ENV, "").strip()
     if not raw:
-        return DEFAULT_TILE_MEMORY_MB * 2**20
+        left = PROCESS_MEMORY_MB - _RUNTIME_MB - _IMAGE_BYTES_PER_PIXEL * pixels / 2**20
+        return int(max(left, _MIN_TILE_MEMORY_MB) * 2**20)
     try:
         mb = float(raw)
     except ValueError:
@@ -93,35 +98,47 @@ class LoadedModel:
 
     # -- tiling ------------------------------------------------------------------------------
 
-    def tile_size(self, height: int, width: int) -> int | None:
-        """Tile side for an image of this size, or None to run it whole.
+    def tile_plan(self, height: int, width: int) -> TilePlan | None:
+        """The tiles for an image of this size, or None to run it whole (LLFlow: over its padded size).
 
         ``self.tile``: None chooses from the family's measured activation memory and the budget
-        (whole when it fits); 0 never tiles; N uses N px tiles (rounded to the family's multiple).
+        (whole when it fits, else the plan with the least work whose tiles fit); 0 never tiles;
+        N uses tiles of at most N px a side.
         """
-        spec = self.spec
         if self.tile == 0:
             return None
         if self.tile is not None:
-            size = self.tile
-        else:
-            # measured in float32; half precision needs less, so this stays on the safe side
-            per_pixel = spec.activation_bytes(self.module.config)
-            if per_pixel * height * width <= tile_memory_budget():
-                return None
-            size = max(_MIN_TILE, math.isqrt(int(tile_memory_budget() / per_pixel)))
-        overlap = tile_overlap(spec.tile_margin, spec.tile_multiple)
-        size = max(size, 2 * overlap, spec.min_size)  # stride >= overlap: at most 4x the untiled work
-        size = -(-size // spec.tile_multiple) * spec.tile_multiple
-        return None if size >= height and size >= width else size
-
-    def tile_plan(self, height: int, width: int, size: int) -> TilePlan:
-        """The tiles ``enhance_tiled`` runs for an image of this size (LLFlow: over its padded size)."""
+            return self.explicit_plan(height, width, self.tile)
         spec = self.spec
+        h, w = self._tiled_size(height, width)
+        # measured in float32; half precision needs less, so this stays on the safe side
+        per_pixel = spec.activation_bytes(self.module.config)
+        budget = tile_memory_budget(height * width)
+        if per_pixel * h * w <= budget:
+            return None
+        overlap = tile_overlap(spec.tile_margin, spec.tile_multiple)
+        plan = plan_within_area(h, w, int(budget / per_pixel), overlap, spec.tile_margin, spec.tile_multiple, self._min_tile())
+        return plan if plan.tiled else None
+
+    def explicit_plan(self, height: int, width: int, tile: int) -> TilePlan | None:
+        """Tiles of at most ``tile`` px a side (raised to what the overlaps need), or None if one covers it."""
+        spec = self.spec
+        h, w = self._tiled_size(height, width)
+        size = -(-max(tile, self._min_tile()) // spec.tile_multiple) * spec.tile_multiple
+        if size >= h and size >= w:
+            return None
+        return plan_tiles(h, w, size, tile_overlap(spec.tile_margin, spec.tile_multiple), spec.tile_margin, spec.tile_multiple)
+
+    def _min_tile(self) -> int:
+        # stride >= overlap: at most 4x the untiled work
+        return max(2 * tile_overlap(self.spec.tile_margin, self.spec.tile_multiple), self.spec.min_size)
+
+    def _tiled_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size the tiles cover: LLFlow tiles its padded image, the others the image itself."""
         if self.entry.family == "llflow":
             pad = auto_padding(height, width, self.module.config.pad_multiple)
-            height, width = height + pad.top + pad.bottom, width + pad.left + pad.right
-        return plan_tiles(height, width, size, tile_overlap(spec.tile_margin, spec.tile_multiple), spec.tile_margin, spec.tile_multiple)
+            return height + pad.top + pad.bottom, width + pad.left + pad.right
+        return height, width
 
     def _run_tile(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -139,16 +156,19 @@ class LoadedModel:
         return y.clamp(0.0, 1.0)
 
     def enhance_tiled(
-        self, rgb: np.ndarray, tile: int, *, progress: Callable[[int, int], None] | None = None
+        self, rgb: np.ndarray, plan: TilePlan | int, *, progress: Callable[[int, int], None] | None = None
     ) -> np.ndarray:
-        """Enhance (H, W, 3) float32 in [0, 1] as ``tile`` px tiles; the result is a new C-contiguous array."""
+        """Enhance (H, W, 3) float32 in [0, 1] tile by tile (``plan``, or tiles of at most that many px);
+        the result is a new C-contiguous array."""
         h, w = rgb.shape[:2]
+        if isinstance(plan, int):
+            th, tw = self._tiled_size(h, w)
+            plan = self.explicit_plan(h, w, plan) or plan_tiles(th, tw, max(th, tw), 0, 0)  # one tile: all of it
         x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None]
         out = np.zeros((h, w, 3), dtype=np.float32)
         family = self.entry.family
         if family == "llflow":
-            return _llflow_tiled(self, x, tile, out, progress)
-        plan = self.tile_plan(h, w, tile)
+            return _llflow_tiled(self, x, plan, out, progress)
 
         def crop(r: AxisTile, c: AxisTile) -> torch.Tensor:
             return x[..., r.start : r.stop, c.start : c.stop].to(self.device, self.dtype)
@@ -162,9 +182,9 @@ class LoadedModel:
 
     def enhance(self, rgb: np.ndarray) -> np.ndarray:
         """(H, W, 3) float32 in [0, 1] -> enhanced (H, W, 3) float32 in [0, 1]; tiled when it is large."""
-        tile = self.tile_size(*rgb.shape[:2])
-        if tile is not None:
-            return self.enhance_tiled(rgb, tile)
+        plan = self.tile_plan(*rgb.shape[:2])
+        if plan is not None:
+            return self.enhance_tiled(rgb, plan)
         x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None]
         return self.enhance_tensor(x)[0].permute(1, 2, 0).numpy()
 
@@ -298,7 +318,7 @@ def padded_histogram(x: torch.Tensor, pad: Padding, *, rows_per_chunk: int = 256
 
 
 def _llflow_tiled(
-    model: LoadedModel, x: torch.Tensor, tile: int, out: np.ndarray, progress: Callable[[int, int], None] | None
+    model: LoadedModel, x: torch.Tensor, plan: TilePlan, out: np.ndarray, progress: Callable[[int, int], None] | None
 ) -> np.ndarray:
     """LLFlow on tiles of the padded image; the histogram equalisation comes from the whole image,
     as untiled (its LUT is global), so only the networks' reach across tile edges differs."""
@@ -309,7 +329,6 @@ def _llflow_tiled(
     rows = _mirror_index(h, pad.top, pad.bottom)
     cols = _mirror_index(w, pad.left, pad.right)
     lut = equalize_lut(padded_histogram(x, pad)) if cfg.concat_histeq else None
-    plan = model.tile_plan(h, w, tile)
 
     def fn(r: AxisTile, c: AxisTile) -> np.ndarray:
         part = x[0].index_select(1, rows[r.start : r.stop]).index_select(2, cols[c.start : c.stop])[None]

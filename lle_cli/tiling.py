@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["AxisTile", "TilePlan", "plan_axis", "plan_tiles", "run_tiled", "tile_overlap"]
+__all__ = ["AxisTile", "TilePlan", "plan_axis", "plan_tiles", "plan_within_area", "run_tiled", "tile_overlap"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,15 @@ class TilePlan:
     @property
     def tiled(self) -> bool:
         return len(self) > 1
+
+    @property
+    def work(self) -> float:
+        """Pixels run through the network over the image's pixels (1.0 untiled; overlaps add to it)."""
+        return len(self) * self.rows[0].size * self.cols[0].size / (self.height * self.width)
+
+    def describe(self) -> str:
+        """E.g. ``3 tiles (1x3) of 816x1552 px``: the grid, then each tile's width x height."""
+        return f"{len(self)} tiles ({len(self.rows)}x{len(self.cols)}) of {self.cols[0].size}x{self.rows[0].size} px"
 
 
 def tile_overlap(margin: int, multiple: int = 1) -> int:
@@ -120,6 +129,50 @@ def plan_tiles(height: int, width: int, tile: int, overlap: int, margin: int, mu
     rows = plan_axis(height, tile, overlap, margin, multiple)
     cols = plan_axis(width, tile, overlap, margin, multiple)
     return TilePlan(height, width, rows, cols)
+
+
+def _tile_for_count(n: int, count: int, overlap: int, multiple: int) -> int:
+    """The shortest tile (a multiple of ``multiple``) with which ``count`` tiles can cover ``n``."""
+    if count == 1:
+        return n
+    return -(-(-(-(n + (count - 1) * overlap) // count)) // multiple) * multiple
+
+
+def plan_within_area(
+    height: int, width: int, max_area: int, overlap: int, margin: int, multiple: int = 1, min_side: int = 1
+) -> TilePlan:
+    """The plan with the least total tile area (the work) whose tiles hold at most ``max_area`` pixels.
+
+    Tiles may be rectangular: a 2048x1536 image under a budget of ~1.3 M pixels runs as three
+    full-height tiles (1.2x its pixels) where square tiles would need four (1.3x). Every side is at
+    least ``min_side`` (or the image's), so neighbours never overlap by more than half a tile; when even
+    such tiles exceed ``max_area`` they are used anyway, the smallest plan there is.
+    """
+    min_side = max(min_side, overlap + multiple)  # plan_axis needs a stride of at least one multiple
+
+    def axis(n: int, tile: int) -> tuple[AxisTile, ...]:
+        return plan_axis(n, max(tile, min(min_side, n)), overlap, margin, multiple)
+
+    best: tuple[tuple[int, int], TilePlan] | None = None
+    heights_tried: set[int] = set()
+    count = 0
+    while True:  # every row count, from one row down to the shortest tiles allowed
+        count += 1
+        want = _tile_for_count(height, count, overlap, multiple)
+        rows = axis(height, want)
+        th = rows[0].size
+        if th not in heights_tried:
+            heights_tried.add(th)
+            cols = axis(width, max_area // th // multiple * multiple)
+            if th * cols[0].size <= max_area:
+                key = (len(rows) * th * len(cols) * cols[0].size, len(rows) * len(cols))
+                if best is None or key < best[0]:
+                    best = (key, TilePlan(height, width, rows, cols))
+        if want <= min(min_side, height):
+            break
+    if best is None:  # not even the smallest allowed tiles fit: use those
+        return TilePlan(height, width, axis(height, min_side), axis(width, min_side))
+    return best[1]
 
 
 TileFn = Callable[[AxisTile, AxisTile], np.ndarray]

@@ -24,8 +24,8 @@ from lle_cli.models.llflow.preprocess import (
     quantize_u8,
 )
 from lle_cli.registry import get_registry
-from lle_cli.runner import TILE_MEMORY_ENV, LoadedModel, equalize_lut, padded_histogram
-from lle_cli.tiling import plan_axis, plan_tiles, run_tiled, tile_overlap
+from lle_cli.runner import PROCESS_MEMORY_MB, TILE_MEMORY_ENV, LoadedModel, equalize_lut, padded_histogram, tile_memory_budget
+from lle_cli.tiling import plan_axis, plan_tiles, plan_within_area, run_tiled, tile_overlap
 from lle_cli.weights import load_upstream_checkpoint
 
 from .conftest import UPSTREAM_FILES, shared_path
@@ -106,6 +106,46 @@ def test_plan_rejects_what_cannot_hide_the_margins() -> None:
     assert len(plan_axis(50, 64, 20, 7)) == 1  # a tile larger than the image: the image itself
 
 
+def _work(plan) -> int:
+    return len(plan) * plan.rows[0].size * plan.cols[0].size
+
+
+@pytest.mark.parametrize(
+    ("h", "w", "area", "margin", "multiple"),
+    [(1552, 2064, 1_400_000, 64, 16), (1552, 2064, 790_000, 64, 16), (4000, 6000, 640_000, 17, 1), (300, 200, 9_000, 7, 1)],
+)
+def test_area_plan_fits_and_does_the_least_work_of_any_grid(h, w, area, margin, multiple) -> None:
+    overlap = tile_overlap(margin, multiple)
+    min_side = 2 * overlap
+    plan = plan_within_area(h, w, area, overlap, margin, multiple, min_side)
+    th, tw = plan.rows[0].size, plan.cols[0].size
+    assert th * tw <= area and min(th, h) >= min(min_side, h) and min(tw, w) >= min(min_side, w)
+    wsum = run_tiled(plan, lambda r, c: np.ones((r.size, c.size, 1), np.float32), np.zeros((h, w, 1), np.float32))
+    np.testing.assert_allclose(wsum, 1.0, atol=1e-6)
+    # brute force: every tile height, each with the widest tiles that still fit
+    for side in range(min_side, h + multiple, multiple):
+        rows = plan_axis(h, min(side, h), overlap, margin, multiple)
+        width_fit = area // rows[0].size // multiple * multiple
+        if width_fit < min(min_side, w):
+            continue
+        cols = plan_axis(w, max(width_fit, min(min_side, w)), overlap, margin, multiple)
+        assert _work(plan) <= len(rows) * rows[0].size * len(cols) * cols[0].size
+
+
+def test_area_plan_prefers_full_height_strips_when_they_are_cheaper() -> None:
+    overlap = tile_overlap(64, 16)
+    plan = plan_within_area(1552, 2064, 1_400_000, overlap, 64, 16, 2 * overlap)
+    assert (len(plan.rows), len(plan.cols)) == (1, 3) and plan.work < 1.25
+    square = plan_tiles(1552, 2064, 1168, overlap, 64, 16)  # the largest square tiles of that area
+    assert plan.work < square.work
+    assert plan.describe() == "3 tiles (1x3) of 816x1552 px"
+
+
+def test_area_plan_uses_the_smallest_tiles_when_nothing_fits() -> None:
+    plan = plan_within_area(500, 700, 100, tile_overlap(7), 7, 1, 2 * tile_overlap(7))
+    assert plan.rows[0].size == plan.cols[0].size == 2 * tile_overlap(7)
+
+
 # -- tiled == untiled ------------------------------------------------------------------------
 
 
@@ -115,7 +155,8 @@ def test_zero_dce_tiled_equals_untiled(rng) -> None:
     model.tile = 0
     whole = model.enhance(img)
     model.tile = 64
-    assert model.tile_size(150, 211) == 64
+    plan = model.tile_plan(150, 211)
+    assert plan is not None and plan.rows[0].size <= 64 and plan.cols[0].size <= 64
     tiled = model.enhance(img)
     assert tiled.shape == whole.shape and tiled.flags.c_contiguous
     np.testing.assert_allclose(tiled, whole, atol=2e-6)
@@ -129,8 +170,8 @@ def test_unet_tiled_equals_untiled_with_the_global_pooled_context(rng) -> None:
     whole = model.enhance(img)
     # pyramid pooling sees the whole image: tiles that pooled locally would be off by many levels
     model.tile = 104
-    plan = model.tile_plan(120, 170, model.tile_size(120, 170))
-    assert len(plan) > 1
+    plan = model.tile_plan(120, 170)
+    assert plan is not None and len(plan) > 1
     tiled = model.enhance(img)
     assert np.abs(tiled - whole).max() < 1e-4  # far inside the 1/255 the issue asks for
 
@@ -192,25 +233,41 @@ def test_llflow_one_tile_matches_untiled(rng) -> None:
 
 
 def test_auto_policy_tiles_only_what_does_not_fit(monkeypatch) -> None:
+    monkeypatch.delenv(TILE_MEMORY_ENV, raising=False)
     model = loaded("scl-lle")
-    assert model.tile_size(400, 600) is None  # small photos and the parity fixtures run whole
-    assert model.tile_size(4000, 6000) is not None
+    assert model.tile_plan(400, 600) is None  # small photos and the parity fixtures run whole
+    assert model.tile_plan(4000, 6000) is not None
     per_px = FAMILIES["zero_dce"].activation_bytes(model.module.config)
     monkeypatch.setenv(TILE_MEMORY_ENV, "64")
-    tile = model.tile_size(1000, 1000)
-    assert tile is not None and tile * tile * per_px <= 64 * 2**20
+    plan = model.tile_plan(1000, 1000)
+    assert plan is not None and plan.rows[0].size * plan.cols[0].size * per_px <= 64 * 2**20
     model.tile = 0
-    assert model.tile_size(4000, 6000) is None
+    assert model.tile_plan(4000, 6000) is None
     model.tile = None
     monkeypatch.setenv(TILE_MEMORY_ENV, "lots")
     with pytest.raises(UsageError, match=TILE_MEMORY_ENV):
-        model.tile_size(1000, 1000)
+        model.tile_plan(1000, 1000)
 
 
-def test_llflow_tiles_keep_the_16_pixel_grid() -> None:
-    model = loaded("llflow.lol-small", tile=100)
-    tile = model.tile_size(3000, 4000)
-    assert tile % 16 == 0 and tile >= 2 * tile_overlap(FAMILIES["llflow"].tile_margin, 16)
+def test_default_budget_leaves_room_for_the_image_itself(monkeypatch) -> None:
+    monkeypatch.delenv(TILE_MEMORY_ENV, raising=False)
+    small, photo, huge = (tile_memory_budget(px) for px in (0, 24_000_000, 200_000_000))
+    assert small > photo > huge == 512 * 2**20  # bigger images keep more of their own copies around
+    # a 24 MP photo: runtime + its copies + activations stay inside the process target
+    assert 640 * 2**20 + 32 * 24_000_000 + photo <= PROCESS_MEMORY_MB * 2**20 < 3e9
+    monkeypatch.setenv(TILE_MEMORY_ENV, "300")
+    assert tile_memory_budget(24_000_000) == tile_memory_budget(0) == 300 * 2**20
+
+
+@pytest.mark.parametrize("tile", [100, None])
+def test_llflow_tiles_keep_the_16_pixel_grid(tile, monkeypatch) -> None:
+    monkeypatch.delenv(TILE_MEMORY_ENV, raising=False)
+    model = loaded("llflow.lol-small", tile=tile)
+    plan = model.tile_plan(3000, 4000)
+    assert plan is not None and (plan.height, plan.width) == (3008, 4016)  # the padded image
+    for axis in (plan.rows, plan.cols):
+        assert axis[0].size % 16 == 0 and axis[0].size >= 2 * tile_overlap(FAMILIES["llflow"].tile_margin, 16)
+        assert all(t.start % 16 == 0 for t in axis)
 
 
 def test_cli_tile_option(tmp_path, rng, capsys) -> None:

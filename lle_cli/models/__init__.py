@@ -89,8 +89,9 @@ FAMILIES: dict[str, FamilySpec] = {
         tile_margin=64,
         tile_exact=False,
         tile_multiple=16,
-        # measured: 530 B/px for lol-small (64 conditioning channels), 1,590 for lol (320)
-        activation_bytes=lambda c: 320.0 + 4.5 * c.cond_channels,
+        # the worst of 0.7-4 MP inputs (bench/tiling.py's method, glibc keeping freed memory as
+        # ``lle enhance`` does): 985 B/px for lol-small (64 conditioning channels), 1,343 for mid (320)
+        activation_bytes=lambda c: 900.0 + 1.4 * c.cond_channels,
     ),
 }
 
