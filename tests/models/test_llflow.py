@@ -323,3 +323,30 @@ def test_actnorm_data_init_normalises_the_batch() -> None:
     with torch.no_grad():
         y = model(x)
     assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("hw", [(70, 44), (101, 60)])
+def test_inference_encoder_equals_the_autograd_path(hw, monkeypatch) -> None:
+    # Inference runs the full-resolution head in strips, fills level 1 in place and computes the
+    # colour map at half resolution; autograd runs upstream's concatenating path. Same numbers.
+    from lle_cli.models.llflow import encoder
+
+    model = perturbed(LLFlowConfig(nf=8, nb=4, gc=8, K=1, hidden_channels=8, stack_blocks=(0, 2)))
+    lq = model.prepare(torch.rand(1, 3, *hw))[0]
+    with torch.enable_grad():
+        ref = model.condition(lq)
+    monkeypatch.setattr(encoder, "_HEAD_STRIP_PIXELS", 16 * lq.shape[-1])  # 16-row strips: several
+    strips = []
+    run_strip = model.RRDB._head_strip
+    monkeypatch.setattr(model.RRDB, "_head_strip", lambda part, keep=None: strips.append(keep) or run_strip(part, keep))
+    with torch.inference_mode():
+        got = model.condition(lq)
+        head = model.RRDB._head(lq)
+    assert len(strips) == 2 * -(-lq.shape[-2] // 16)
+    monkeypatch.setattr(encoder, "_HEAD_STRIP_PIXELS", 1 << 40)
+    with torch.inference_mode():
+        # the same sums; oneDNN may block a strip differently from the whole image (float rounding)
+        torch.testing.assert_close(head, model.RRDB._head(lq), rtol=1e-6, atol=1e-6)
+    for a, b in zip(got.levels, ref.levels, strict=True):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got.color_map, ref.color_map.detach(), rtol=1e-6, atol=1e-6)
