@@ -96,8 +96,7 @@ def plan_axis(n: int, tile: int, overlap: int, margin: int, multiple: int = 1) -
     count = math.ceil((n - overlap) / (tile - overlap))
     # The same number of tiles, each only as long as the overlaps need: rounding the count up
     # otherwise leaves the neighbours overlapping far more than required, which is work thrown away.
-    need = -(-(n + (count - 1) * overlap) // count)
-    tile = min(tile, -(-need // multiple) * multiple)
+    tile = min(tile, _tile_for_count(n, count, overlap, multiple))
     while True:
         span = n - tile
         starts = [min(span, (round(i * span / (count - 1)) // multiple) * multiple) for i in range(count)]
@@ -135,7 +134,8 @@ def _tile_for_count(n: int, count: int, overlap: int, multiple: int) -> int:
     """The shortest tile (a multiple of ``multiple``) with which ``count`` tiles can cover ``n``."""
     if count == 1:
         return n
-    return -(-(-(-(n + (count - 1) * overlap) // count)) // multiple) * multiple
+    need = -(-(n + (count - 1) * overlap) // count)  # ceil: the tiles' total length covers n
+    return -(-need // multiple) * multiple
 
 
 def plan_within_area(
@@ -153,7 +153,7 @@ def plan_within_area(
     def axis(n: int, tile: int) -> tuple[AxisTile, ...]:
         return plan_axis(n, max(tile, min(min_side, n)), overlap, margin, multiple)
 
-    best: tuple[tuple[int, int], TilePlan] | None = None
+    best: tuple[tuple[float, int], TilePlan] | None = None
     heights_tried: set[int] = set()
     count = 0
     while True:  # every row count, from one row down to the shortest tiles allowed
@@ -165,9 +165,10 @@ def plan_within_area(
             heights_tried.add(th)
             cols = axis(width, max_area // th // multiple * multiple)
             if th * cols[0].size <= max_area:
-                key = (len(rows) * th * len(cols) * cols[0].size, len(rows) * len(cols))
+                plan = TilePlan(height, width, rows, cols)
+                key = (plan.work, len(plan))
                 if best is None or key < best[0]:
-                    best = (key, TilePlan(height, width, rows, cols))
+                    best = (key, plan)
         if want <= min(min_side, height):
             break
     if best is None:  # not even the smallest allowed tiles fit: use those
