@@ -350,3 +350,16 @@ def test_inference_encoder_equals_the_autograd_path(hw, monkeypatch) -> None:
     for a, b in zip(got.levels, ref.levels, strict=True):
         torch.testing.assert_close(a, b.detach(), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(got.color_map, ref.color_map.detach(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("hw", [(8, 12), (9, 7), (2, 2)])
+def test_fast_max_pool_equals_max_pool2d(hw) -> None:
+    from lle_cli.models.llflow.encoder import _max_pool2
+
+    x = torch.randn(2, 3, *hw)
+    x[0, 1, 0, 1] = float("nan")  # a NaN in a window poisons that window's maximum, as in max_pool2d
+    want = torch.nn.functional.max_pool2d(x, 2)
+    got = _max_pool2(x)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    assert got[0, 1, 0, 0].isnan()

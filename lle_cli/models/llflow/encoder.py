@@ -69,7 +69,8 @@ class _DenseBlock(nn.Module):
         buf[:, :c] = x
         for i, conv in enumerate(convs):
             n = c + i * gc
-            buf[:, n : n + gc] = F.leaky_relu(conv(buf[:, :n]), 0.2)
+            # the activation writes straight into the buffer: one pass instead of activate + copy
+            torch.ops.aten.leaky_relu.out(conv(buf[:, :n]), 0.2, out=buf[:, n : n + gc])
         return self.conv5(buf).mul_(0.2).add_(x)  # in place: same rounding, no 64-channel temporaries
 
 
@@ -109,6 +110,14 @@ _HEAD_HALO = 3
 def _half(x: torch.Tensor) -> torch.Tensor:
     # upstream's exact call: for even sizes this is 2x2 averaging mathematically, not bit for bit
     return F.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False, recompute_scale_factor=True)
+
+
+def _max_pool2(x: torch.Tensor) -> torch.Tensor:
+    """``F.max_pool2d(x, 2)`` as two elementwise maxima (rows, then columns): the same values, ~8x
+    faster on the CPU, where the NCHW pooling kernel takes 50 ms on a 600x400 image's 64-channel map."""
+    h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+    rows = torch.maximum(x[..., 0:h:2, :w], x[..., 1:h:2, :w])
+    return torch.maximum(rows[..., 0::2], rows[..., 1::2])
 
 
 class ConditionEncoder(nn.Module):
@@ -157,7 +166,7 @@ class ConditionEncoder(nn.Module):
         h = self.conv_second(h)
         if keep is not None:
             h = h[..., keep[0] : keep[1], :]
-        return F.max_pool2d(h, 2)
+        return F.max_pool2d(h, 2) if torch.is_grad_enabled() else _max_pool2(h)
 
     def block_features(self, lq: torch.Tensor) -> torch.Tensor:
         """All RRDB block outputs concatenated, (B, nb * nf, H/2, W/2): a descriptor for OOD scoring."""
