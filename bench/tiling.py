@@ -9,7 +9,7 @@
   times and each run's peak RSS.
 * rss: a synthetic JPEG of ``--rss-size`` (default 24 MP) read, enhanced (automatic tiling),
   encoded as PNG and written by ``lle_cli.batch.run_job``, the code ``lle enhance`` runs, in a fresh
-  process; its peak RSS (``ru_maxrss``). Untiled would not fit, so only the tiled run is measured.
+  process; its peak RSS (``VmHWM``, see ``enhance.peak_rss_mib``). Untiled would not fit, so only the tiled run is measured.
 
 Weights: upstream RAVE (``rave.unpaired``) when ../shared is present, the embedded Zero-DCE, and
 LLFlow's small config (``llflow.lol-small``) with **random weights** after one data-dependent
@@ -24,7 +24,6 @@ import datetime
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # benchmark the checkout this script sits in, installed or not
 sys.path.insert(0, str(ROOT / "bench"))
 
-from enhance import cpu_model, load_for_bench, parse_sizes, pick_entry
+from enhance import cpu_model, load_for_bench, parse_sizes, peak_rss_mib, pick_entry
 
 from lle_cli.models import FAMILIES, build_model
 from lle_cli.registry import get_registry
@@ -82,10 +81,6 @@ def test_image(w: int, h: int) -> tuple[np.ndarray, str]:
             rgb = np.asarray(im.convert("RGB").resize((w, h), Image.LANCZOS), dtype=np.float32) / 255
         return rgb, f"{PHOTO.name} resized"
     return synthetic(h, w), "synthetic"
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # -- child processes: one measurement each, fresh peak RSS -----------------------------------

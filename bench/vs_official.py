@@ -52,7 +52,6 @@ import argparse
 import contextlib
 import json
 import os
-import resource
 import signal
 import statistics
 import subprocess
@@ -73,7 +72,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # benchmark the checkout this script sits in, installed or not
 
-from bench.enhance import environment, parse_sizes, write_results
+from bench.enhance import environment, parse_sizes, peak_rss_mib, write_results
 
 SHARED = ROOT.parent / "shared"
 GOLDEN = SHARED / "golden"
@@ -776,7 +775,7 @@ def worker_main(side: str, family: str, threads: int) -> int:
             elif op == "hello":
                 reply = {"pid": os.getpid(), "threads": torch.get_num_threads(), "keep_freed_memory": tuned}
             elif op == "rss":
-                reply = {"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+                reply = {"peak_rss_mib": round(peak_rss_mib(), 1)}
             else:
                 reply = getattr(handler, f"op_{op}")(**req)
         except Exception as e:  # noqa: BLE001 - every failure goes back to the parent as one line

@@ -319,3 +319,43 @@ def test_large_image_memory_is_bounded(tmp_path, rng, lle_home) -> None:
     with Image.open(tmp_path / "b.png") as out:
         assert out.size == (w, h)
 
+
+
+# Peak working memory of one untiled LLFlow pass per pixel, in a fresh interpreter with glibc's
+# default (freed blocks go back to the system), so the high-water mark is what the pass keeps alive
+# at once. VmHWM, not ru_maxrss: a child inherits its parent's RSS into ru_maxrss at exec, which
+# made this read 1,827 B/px inside a full pytest run (the pytest process's own size) and 800 alone.
+_LLFLOW_PEAK = textwrap.dedent(
+    """
+    import sys, torch
+    from lle_cli.models import build_model
+
+    def hwm():
+        line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+        return int(line.split()[1]) * 1024
+
+    torch.set_num_threads(1)
+    model = build_model("llflow", {"nb": 4, "K": 1, "stack_blocks": [1, 3]}).eval()
+    h, w = int(sys.argv[1]), int(sys.argv[2])
+    x = torch.rand(1, 3, h, w)
+    with torch.inference_mode():
+        model(torch.rand(1, 3, 32, 32))
+        open("/proc/self/clear_refs", "w").write("5")  # the high-water mark restarts from here
+        base = hwm()
+        model(x)
+    print((hwm() - base) / (h * w), model.config.cond_channels)
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc to read and reset VmHWM")
+def test_llflow_pass_stays_inside_the_planners_estimate() -> None:
+    # The automatic tiling sizes LLFlow's tiles from activation_bytes: a pass must not need more.
+    env = {**os.environ, "LLE_KEEP_FREED_MEMORY": "0"}
+    out = subprocess.run([sys.executable, "-c", _LLFLOW_PEAK, "768", "1024"], capture_output=True, text=True, env=env, check=True)
+    per_pixel, cond = out.stdout.split()
+    estimate = FAMILIES["llflow"].activation_bytes(build_model("llflow", {"nb": 4, "K": 1, "stack_blocks": [1, 3]}).config)
+    assert int(cond) == 192
+    # the full-resolution head alone would take ~800 B/px unstriped; the pass keeps well under
+    assert 100 < float(per_pixel) < 0.85 * estimate, (per_pixel, estimate)
