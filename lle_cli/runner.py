@@ -38,12 +38,13 @@ _IMAGE_BYTES_PER_PIXEL = 32
 _MIN_TILE_MEMORY_MB = 512
 
 
-def tile_memory_budget(pixels: int = 0) -> int:
+def tile_memory_budget(pixels: int = 0, reserved_mb: float = 0.0) -> int:
     """Bytes of activations one pass may use for an image of ``pixels``: ``$LLE_TILE_MEMORY_MB``, or
-    what the process target leaves after the runtime and the image's own copies."""
+    what the process target leaves after the runtime, the model's fixed working buffers
+    (``reserved_mb``, see ``FamilySpec.workspace_mb``) and the image's own copies."""
     raw = os.environ.get(TILE_MEMORY_ENV, "").strip()
     if not raw:
-        left = PROCESS_MEMORY_MB - _RUNTIME_MB - _IMAGE_BYTES_PER_PIXEL * pixels / 2**20
+        left = PROCESS_MEMORY_MB - _RUNTIME_MB - reserved_mb - _IMAGE_BYTES_PER_PIXEL * pixels / 2**20
         return int(max(left, _MIN_TILE_MEMORY_MB) * 2**20)
     try:
         mb = float(raw)
@@ -113,7 +114,7 @@ class LoadedModel:
         h, w = self._tiled_size(height, width)
         # measured in float32; half precision needs less, so this stays on the safe side
         per_pixel = spec.activation_bytes(self.module.config)
-        budget = tile_memory_budget(height * width)
+        budget = tile_memory_budget(height * width, spec.workspace_mb(self.module.config))
         if per_pixel * h * w <= budget:
             return None
         overlap = tile_overlap(spec.tile_margin, spec.tile_multiple)

@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from lle_cli import _cpu
 from lle_cli.cli.main import main
 from lle_cli.errors import UsageError
 from lle_cli.models import FAMILIES, build_model
@@ -255,8 +256,28 @@ def test_default_budget_leaves_room_for_the_image_itself(monkeypatch) -> None:
     assert small > photo > huge == 512 * 2**20  # bigger images keep more of their own copies around
     # a 24 MP photo: runtime + its copies + activations stay inside the process target
     assert 640 * 2**20 + 32 * 24_000_000 + photo <= PROCESS_MEMORY_MB * 2**20 < 3e9
-    monkeypatch.setenv(TILE_MEMORY_ENV, "300")
-    assert tile_memory_budget(24_000_000) == tile_memory_budget(0) == 300 * 2**20
+    # a model's fixed working buffers come out of the activations' share
+    assert tile_memory_budget(24_000_000, reserved_mb=384) == photo - 384 * 2**20
+    monkeypatch.setenv(TILE_MEMORY_ENV, "300")  # sets the activations' budget itself
+    assert tile_memory_budget(24_000_000) == tile_memory_budget(0, reserved_mb=384) == 300 * 2**20
+
+
+@pytest.mark.skipif(not torch.backends.nnpack.is_available(), reason="this torch build has no NNPACK: no Winograd workspace")
+def test_llflow_plans_around_its_winograd_workspace(monkeypatch) -> None:
+    monkeypatch.delenv(TILE_MEMORY_ENV, raising=False)
+    monkeypatch.delenv(_cpu.WINOGRAD_ENV, raising=False)
+    monkeypatch.setattr(_cpu, "_winograd", None)
+    model = loaded("llflow.lol")  # 64-channel trunk: its wide convolutions go the Winograd way
+    spec, config = FAMILIES["llflow"], model.module.config
+    assert spec.workspace_mb(config) > 0
+    assert spec.workspace_mb(loaded("llflow.lol-small").module.config) > 0  # nf 32: still wide enough
+    plan = model.tile_plan(1536, 2048)
+    assert plan is not None
+    area = max(t.size for t in plan.rows) * max(t.size for t in plan.cols)
+    assert area * spec.activation_bytes(config) <= tile_memory_budget(1536 * 2048, spec.workspace_mb(config))
+    monkeypatch.setenv(_cpu.WINOGRAD_ENV, "0")
+    monkeypatch.setattr(_cpu, "_winograd", None)
+    assert spec.workspace_mb(config) == 0.0
 
 
 @pytest.mark.parametrize("tile", [100, None])
@@ -351,11 +372,15 @@ _LLFLOW_PEAK = textwrap.dedent(
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc to read and reset VmHWM")
 def test_llflow_pass_stays_inside_the_planners_estimate() -> None:
-    # The automatic tiling sizes LLFlow's tiles from activation_bytes: a pass must not need more.
+    # The automatic tiling sizes LLFlow's tiles from activation_bytes per pixel plus the fixed
+    # workspace_mb (the Winograd buffers): a pass must not need more.
     env = {**os.environ, "LLE_KEEP_FREED_MEMORY": "0"}
-    out = subprocess.run([sys.executable, "-c", _LLFLOW_PEAK, "768", "1024"], capture_output=True, text=True, env=env, check=True)
+    h, w = 768, 1024
+    out = subprocess.run([sys.executable, "-c", _LLFLOW_PEAK, str(h), str(w)], capture_output=True, text=True, env=env, check=True)
     per_pixel, cond = out.stdout.split()
-    estimate = FAMILIES["llflow"].activation_bytes(build_model("llflow", {"nb": 4, "K": 1, "stack_blocks": [1, 3]}).config)
+    config = build_model("llflow", {"nb": 4, "K": 1, "stack_blocks": [1, 3]}).config
+    spec = FAMILIES["llflow"]
+    estimate = spec.activation_bytes(config) * h * w + spec.workspace_mb(config) * 2**20
     assert int(cond) == 192
     # the full-resolution head alone would take ~800 B/px unstriped; the pass keeps well under
-    assert 100 < float(per_pixel) < 0.85 * estimate, (per_pixel, estimate)
+    assert 100 * h * w < float(per_pixel) * h * w < 0.85 * estimate, (per_pixel, estimate / (h * w))

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._cpu import WINOGRAD_MIN_CHANNELS, winograd_workspace_mb
 from ..errors import WeightsError
 from .illumination_unet import IlluminationUNet, IlluminationUNetConfig
 from .llflow import LLFlow, LLFlowConfig
@@ -36,11 +37,13 @@ class FamilySpec:
     # the local layers, so tiles hide that many pixels at every inner edge. ``tile_exact``: tiles
     # reproduce the untiled result up to float rounding. ``tile_multiple``: tile size and position
     # step (strided/squeezing networks). ``activation_bytes(config)``: peak working memory per input
-    # pixel of one forward pass in float32, measured with ru_maxrss (see bench/tiling.py).
+    # pixel of one forward pass in float32, measured as peak RSS (see bench/tiling.py).
+    # ``workspace_mb(config)``: memory a pass needs whatever the tile size (MiB).
     tile_margin: int = 0
     tile_exact: bool = True
     tile_multiple: int = 1
     activation_bytes: Callable[[Any], float] = lambda config: 2048.0
+    workspace_mb: Callable[[Any], float] = lambda config: 0.0
 
     def make_config(self, arch: Mapping[str, Any] | None) -> Any:
         arch = dict(arch or {})
@@ -92,6 +95,8 @@ FAMILIES: dict[str, FamilySpec] = {
         # the worst of 0.7-4 MP inputs (bench/tiling.py's method, glibc keeping freed memory as
         # ``lle enhance`` does): 985 B/px for lol-small (64 conditioning channels), 1,343 for mid (320)
         activation_bytes=lambda c: 900.0 + 1.4 * c.cond_channels,
+        # the Winograd convolutions' buffers (lle_cli._cpu.conv3x3), bounded by their row strips
+        workspace_mb=lambda c: winograd_workspace_mb() if min(c.nf, c.gc) >= WINOGRAD_MIN_CHANNELS else 0.0,
     ),
 }
 

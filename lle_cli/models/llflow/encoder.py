@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import LLFlowConfig
+from .layers import Conv2d
 
 __all__ = ["ConditionEncoder", "EncoderFeatures", "colour_map", "noise_map"]
 
@@ -49,11 +50,11 @@ class _DenseBlock(nn.Module):
 
     def __init__(self, nf: int, gc: int) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(nf, gc, 3, 1, 1)
-        self.conv2 = nn.Conv2d(nf + gc, gc, 3, 1, 1)
-        self.conv3 = nn.Conv2d(nf + 2 * gc, gc, 3, 1, 1)
-        self.conv4 = nn.Conv2d(nf + 3 * gc, gc, 3, 1, 1)
-        self.conv5 = nn.Conv2d(nf + 4 * gc, nf, 3, 1, 1)
+        self.conv1 = Conv2d(nf, gc, 3, 1, 1)
+        self.conv2 = Conv2d(nf + gc, gc, 3, 1, 1)
+        self.conv3 = Conv2d(nf + 2 * gc, gc, 3, 1, 1)
+        self.conv4 = Conv2d(nf + 3 * gc, gc, 3, 1, 1)
+        self.conv5 = Conv2d(nf + 4 * gc, nf, 3, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         convs = (self.conv1, self.conv2, self.conv3, self.conv4)
@@ -127,13 +128,13 @@ class ConditionEncoder(nn.Module):
         super().__init__()
         self.config = cfg = config
         nf = cfg.nf
-        self.conv_first = nn.Conv2d(cfg.encoder_in_channels, nf, 3, 1, 1)
-        self.conv_second = nn.Conv2d(nf, nf, 3, 1, 1)
+        self.conv_first = Conv2d(cfg.encoder_in_channels, nf, 3, 1, 1)
+        self.conv_second = Conv2d(nf, nf, 3, 1, 1)
         self.RRDB_trunk = nn.Sequential(*(_RRDB(nf, cfg.gc) for _ in range(cfg.nb)))
-        self.trunk_conv = nn.Conv2d(nf, nf, 3, 1, 1)
-        self.downconv1 = nn.Conv2d(nf, nf, 3, 1, 1)
-        self.downconv2 = nn.Conv2d(nf, nf, 3, 1, 1)
-        self.fine_tune_color_map = nn.Sequential(nn.Conv2d(nf, 3, 1, 1), nn.Sigmoid())
+        self.trunk_conv = Conv2d(nf, nf, 3, 1, 1)
+        self.downconv1 = Conv2d(nf, nf, 3, 1, 1)
+        self.downconv2 = Conv2d(nf, nf, 3, 1, 1)
+        self.fine_tune_color_map = nn.Sequential(Conv2d(nf, 3, 1, 1), nn.Sigmoid())
 
     @staticmethod
     def first_conv_input(lq: torch.Tensor) -> torch.Tensor:

@@ -8,10 +8,12 @@ hold parameters, with upstream's names (``bias``/``logs``, ``weight``), and call
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..._cpu import conv3x3
+
 __all__ = [
+    "Conv2d",
     "squeeze2d",
     "unsqueeze2d",
     "conv1x1",
@@ -134,6 +136,19 @@ class Squeeze(nn.Module):
         return (unsqueeze2d(x, 2) if inverse else squeeze2d(x, 2)), zero
 
 
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` (stride 1, zero padding) whose inference may run as a Winograd convolution
+    (``lle_cli._cpu.conv3x3``); same parameters and state-dict keys."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0, bias: bool = True) -> None:
+        if stride != 1:
+            raise ValueError("Conv2d here is stride 1 only")
+        super().__init__(in_channels, out_channels, kernel_size, 1, padding, bias=bias)
+
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return conv3x3(input, weight, bias, self.padding)
+
+
 class ActNormConv2d(nn.Conv2d):
     """Zero-padded "same" convolution without bias, followed by an ActNorm (upstream ``flow.Conv2d``).
 
@@ -150,7 +165,7 @@ class ActNormConv2d(nn.Conv2d):
     def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.kernel_size == (1, 1):
             return conv1x1(x, weight, bias)
-        return F.conv2d(x, weight, bias, padding=self.padding)
+        return conv3x3(x, weight, bias, self.padding)
 
     def _folded(self) -> tuple[torch.Tensor, torch.Tensor]:
         s = torch.exp(self.actnorm.logs).view(-1)
@@ -205,4 +220,4 @@ class ZeroConv2d(nn.Conv2d):
         if torch.is_grad_enabled():
             return super().forward(x) * scale
         s = scale.view(-1)
-        return F.conv2d(x, self.weight * s.view(-1, 1, 1, 1), self.bias * s, padding=self.padding)
+        return conv3x3(x, self.weight * s.view(-1, 1, 1, 1), self.bias * s, self.padding)
