@@ -9,7 +9,8 @@ Two things cost the convolutional families most on a CPU besides the convolution
   the CPU time. Keeping freed memory in the heap makes the next layer reuse it.
 
 And one thing that cuts the convolutions' own cost: LLFlow's wide 3x3 convolutions run as Winograd
-transforms (NNPACK, ``conv3x3``), about half the multiplications of oneDNN's direct method.
+transforms (NNPACK, ``conv3x3``), with several times fewer multiplications than oneDNN's direct
+method (its 192- and 320-channel layers run about 2x faster).
 """
 
 from __future__ import annotations
@@ -107,12 +108,15 @@ def winograd_workspace_mb() -> float:
 def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: tuple[int, int] | int) -> torch.Tensor:
     """``F.conv2d(x, weight, bias, padding=padding)``, as a Winograd convolution where that pays.
 
-    Inference only (no autograd), float32 on the CPU, 3x3 kernels with "same" zero padding and at
-    least ``WINOGRAD_MIN_CHANNELS`` channels in and out: NNPACK's F(6x6, 3x3) transform needs about
-    a fifth of the multiplications, and runs LLFlow's 192 -> 64 and 320 -> 64 layers ~2x faster than
-    oneDNN on AVX2/AVX-512 machines. It rounds differently: about 2x oneDNN's float32 error against
-    a float64 reference, within the LLFlow parity tolerance (tests/models/test_llflow_parity.py).
-    Anything else, or a machine without NNPACK, or ``LLE_WINOGRAD=0``, runs ``F.conv2d``.
+    Inference only (no autograd), one image (NNPACK's batched algorithm gains nothing below ~8
+    images and loses at 2), float32 on the CPU, 3x3 kernels with "same" zero padding and at least
+    ``WINOGRAD_MIN_CHANNELS`` channels in and out (stride 1, no dilation or groups: the caller's
+    contract). NNPACK's Winograd transform needs several times fewer multiplications and runs
+    LLFlow's 192 -> 64 and 320 -> 64 layers about 2x faster than oneDNN's direct convolution here
+    (bench/vs_official.py). It rounds differently: about 2x the direct method's float32 error
+    against a float64 reference, within the LLFlow parity tolerance
+    (tests/models/test_llflow_parity.py). Anything else, a machine without NNPACK, or
+    ``LLE_WINOGRAD=0`` runs ``F.conv2d``.
     """
     global _winograd
     pad = (padding, padding) if isinstance(padding, int) else tuple(padding)
@@ -120,6 +124,8 @@ def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pa
         pad == (1, 1)
         and weight.shape[-2:] == (3, 3)
         and min(weight.shape[0], weight.shape[1]) >= WINOGRAD_MIN_CHANNELS
+        and x.dim() == 4
+        and x.shape[0] == 1
         and x.dtype == torch.float32
         and x.device.type == "cpu"
         and not torch.is_grad_enabled()
@@ -134,7 +140,7 @@ def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pa
 
 def _winograd_strips(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     n, c, h, w = x.shape
-    rows = max(WINOGRAD_STRIP_BYTES // (n * c * w * 4) // 6 * 6, 6)  # whole 6-row Winograd tiles
+    rows = max(WINOGRAD_STRIP_BYTES // (c * w * 4) // 6 * 6, 6)  # whole 6-row Winograd tiles
     if rows >= h:
         return torch._nnpack_spatial_convolution(x.contiguous(), weight, bias, [1, 1])
     out = x.new_empty(n, weight.shape[0], h, w)
