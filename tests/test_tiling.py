@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -341,14 +342,14 @@ def test_large_image_memory_is_bounded(tmp_path, rng, lle_home) -> None:
         assert out.size == (w, h)
 
 
-
 # Peak working memory of one untiled LLFlow pass per pixel, in a fresh interpreter with glibc's
 # default (freed blocks go back to the system), so the high-water mark is what the pass keeps alive
 # at once. VmHWM, not ru_maxrss: a child inherits its parent's RSS into ru_maxrss at exec, which
 # made this read 1,827 B/px inside a full pytest run (the pytest process's own size) and 800 alone.
+_LLFLOW_ARCH = {"nb": 4, "K": 1, "stack_blocks": [1, 3]}
 _LLFLOW_PEAK = textwrap.dedent(
     """
-    import sys, torch
+    import json, sys, torch
     from lle_cli.models import build_model
 
     def hwm():
@@ -356,7 +357,7 @@ _LLFLOW_PEAK = textwrap.dedent(
         return int(line.split()[1]) * 1024
 
     torch.set_num_threads(1)
-    model = build_model("llflow", {"nb": 4, "K": 1, "stack_blocks": [1, 3]}).eval()
+    model = build_model("llflow", json.loads(sys.argv[3])).eval()
     h, w = int(sys.argv[1]), int(sys.argv[2])
     x = torch.rand(1, 3, h, w)
     with torch.inference_mode():
@@ -376,9 +377,10 @@ def test_llflow_pass_stays_inside_the_planners_estimate() -> None:
     # workspace_mb (the Winograd buffers): a pass must not need more.
     env = {**os.environ, "LLE_KEEP_FREED_MEMORY": "0"}
     h, w = 768, 1024
-    out = subprocess.run([sys.executable, "-c", _LLFLOW_PEAK, str(h), str(w)], capture_output=True, text=True, env=env, check=True)
+    args = [str(h), str(w), json.dumps(_LLFLOW_ARCH)]
+    out = subprocess.run([sys.executable, "-c", _LLFLOW_PEAK, *args], capture_output=True, text=True, env=env, check=True)
     per_pixel, cond = out.stdout.split()
-    config = build_model("llflow", {"nb": 4, "K": 1, "stack_blocks": [1, 3]}).config
+    config = build_model("llflow", _LLFLOW_ARCH).config
     spec = FAMILIES["llflow"]
     estimate = spec.activation_bytes(config) * h * w + spec.workspace_mb(config) * 2**20
     assert int(cond) == 192
