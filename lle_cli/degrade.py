@@ -4,19 +4,24 @@ Used to make paired training data (``lle train synth-pairs``) where no real pair
 Every function is pure: the randomness comes from an explicit ``numpy.random.Generator``, so the same
 seed always gives the same pair.
 
-For a normally exposed sRGB image ``x`` in [0, 1] (values per pixel and channel):
+For a normally exposed sRGB image ``x`` in [0, 1] (values per pixel and channel ``c``):
 
 1. linearise with the display gamma:               ``L = x ** 2.2``
-2. scale the exposure by ``k`` (log-uniform):       ``E = k * L``
-3. shot and read noise (the heteroscedastic Gaussian approximation of Poisson-Gaussian sensor
+2. optics: a mild Gaussian blur of width ``beta`` pixels (``beta = 0``: none):  ``L' = G_beta * L``
+3. scale the exposure by ``k`` (log-uniform) and by per-channel gains ``w_c`` (a white-balance
+   error or a coloured illuminant; ``w_g = 1``, ``log w_r``, ``log w_b`` uniform): ``E_c = k w_c L'_c``
+4. shot and read noise (the heteroscedastic Gaussian approximation of Poisson-Gaussian sensor
    noise, Foi et al. 2008):                         ``N = E + sqrt(a * E + b) * n``,  ``n ~ N(0, 1)``
    with shot gain ``a`` and read variance ``b = sigma_r ** 2`` (both log-uniform)
-4. clip and re-encode with a camera tone gamma ``g``: ``y = clip(N, 0, 1) ** (1 / g)``
-5. quantise to 8 bits: ``round(255 * y) / 255``; optionally (probability ``p_jpeg``) JPEG-compress
+5. tone curve: a camera gamma ``g`` then a contrast term ``s`` (``s > 0`` an S-curve, ``s < 0``
+   flatter):  ``t = clip(N, 0, 1) ** (1 / g)``,  ``y = t + s * (3 t^2 - 2 t^3 - t)``
+6. quantise to 8 bits: ``round(255 * y) / 255``; optionally (probability ``p_jpeg``) JPEG-compress
    with quality ``q``.
 
 The default ranges give mean brightness and noise comparable to LOL's low images (mean 0.03-0.10,
-about 5-25% of the normal image, visibly noisy in flat regions).
+about 5-25% of the normal image, visibly noisy in flat regions), with the colour casts, soft optics,
+tone curves and compression of phone and camera files. ``DegradeSpec.classic()`` is the earlier
+model (steps 1, 3 without gains, 4, 5 without contrast, 6 without JPEG), kept for comparisons.
 """
 
 from __future__ import annotations
@@ -39,16 +44,34 @@ class DegradeSpec:
 
     exposure_range: tuple[float, float] = (0.003, 0.05)  # k, log-uniform
     shot_range: tuple[float, float] = (1e-4, 3e-3)  # a, log-uniform
-    read_sigma_range: tuple[float, float] = (2e-4, 2e-3)  # sigma_r, log-uniform
+    # sigma_r, log-uniform; up to 3.5e-3 because LOL's and phones' dark frames carry more read noise
+    # than the first model's 2e-3 allowed (6e-3 at the lowest exposures left no recoverable image)
+    read_sigma_range: tuple[float, float] = (3e-4, 3.5e-3)
     gamma_range: tuple[float, float] = (2.0, 2.6)  # g, uniform
-    jpeg_probability: float = 0.0
-    jpeg_quality_range: tuple[int, int] = (60, 95)
+    wb_log_range: float = 0.25  # |log w_r|, |log w_b| <= this (about +-28 %)
+    contrast_range: tuple[float, float] = (-0.2, 0.4)  # s, uniform
+    blur_probability: float = 0.4
+    blur_range: tuple[float, float] = (0.3, 1.2)  # beta in pixels, uniform
+    jpeg_probability: float = 0.5
+    jpeg_quality_range: tuple[int, int] = (50, 95)
+
+    @classmethod
+    def classic(cls) -> "DegradeSpec":
+        """The first model (exposure, noise, gamma): no casts, blur, contrast or JPEG."""
+        return cls(read_sigma_range=(2e-4, 2e-3), wb_log_range=0.0, contrast_range=(0.0, 0.0), blur_probability=0.0,
+                   jpeg_probability=0.0, jpeg_quality_range=(60, 95))
 
     def __post_init__(self) -> None:
-        for name in ("exposure_range", "shot_range", "read_sigma_range", "gamma_range"):
+        for name in ("exposure_range", "shot_range", "read_sigma_range", "gamma_range", "blur_range"):
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi:
                 raise ValueError(f"{name} must be 0 < low <= high, not {(lo, hi)}")
+        if not 0 <= self.wb_log_range <= 1:
+            raise ValueError("wb_log_range must be in [0, 1]")
+        if not -0.5 <= self.contrast_range[0] <= self.contrast_range[1] <= 0.5:
+            raise ValueError("contrast_range must be -0.5 <= low <= high <= 0.5 (the curve stays monotonic)")
+        if not 0 <= self.blur_probability <= 1:
+            raise ValueError("blur_probability must be in [0, 1]")
         if not self.exposure_range[1] <= 1:
             raise ValueError("exposure_range must stay within (0, 1]: the model darkens")
         if not 0 <= self.jpeg_probability <= 1:
@@ -59,13 +82,16 @@ class DegradeSpec:
 
 @dataclass(frozen=True)
 class DegradeParams:
-    """One image's draw: the values of k, a, sigma_r, g and the JPEG quality (None: no JPEG)."""
+    """One image's draw: k, a, sigma_r, g, the JPEG quality (None: no JPEG), gains, contrast, blur."""
 
     exposure: float
     shot: float
     read_sigma: float
     gamma: float
     jpeg_quality: int | None = None
+    gains: tuple[float, float, float] = (1.0, 1.0, 1.0)  # w_r, w_g, w_b
+    contrast: float = 0.0  # s
+    blur: float = 0.0  # beta, pixels
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -76,26 +102,47 @@ def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
 
 
 def sample_params(rng: np.random.Generator, spec: DegradeSpec = DegradeSpec()) -> DegradeParams:
-    """Draw one image's parameters from ``spec`` (always five draws, so streams stay aligned)."""
+    """Draw one image's parameters from ``spec`` (always the same ten draws, so streams stay aligned)."""
     k = _log_uniform(rng, *spec.exposure_range)
     a = _log_uniform(rng, *spec.shot_range)
     s = _log_uniform(rng, *spec.read_sigma_range)
     g = float(rng.uniform(*spec.gamma_range))
     use_jpeg = rng.uniform() < spec.jpeg_probability
     q = int(rng.integers(spec.jpeg_quality_range[0], spec.jpeg_quality_range[1] + 1))
-    return DegradeParams(k, a, s, g, q if use_jpeg else None)
+    wr, wb = (float(math.exp(v)) for v in rng.uniform(-spec.wb_log_range, spec.wb_log_range, size=2))
+    c = float(rng.uniform(*spec.contrast_range))
+    use_blur = rng.uniform() < spec.blur_probability
+    beta = float(rng.uniform(*spec.blur_range))
+    return DegradeParams(k, a, s, g, q if use_jpeg else None, (wr, 1.0, wb), c, beta if use_blur else 0.0)
+
+
+def gaussian_blur(x: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of an (H, W, C) array, edges reflected; ``sigma <= 0`` returns ``x``."""
+    if sigma <= 0:
+        return x
+    r = max(1, int(math.ceil(3 * sigma)))
+    taps = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    taps /= taps.sum()
+    for axis in (0, 1):
+        pad = [(0, 0)] * x.ndim
+        pad[axis] = (r, r)
+        p = np.pad(x, pad, mode="reflect" if x.shape[axis] > r else "edge")
+        n = x.shape[axis]
+        x = sum(t * np.take(p, np.arange(i, i + n), axis=axis) for i, t in enumerate(taps))
+    return x
 
 
 def degrade(x: np.ndarray, params: DegradeParams, rng: np.random.Generator) -> np.ndarray:
-    """Steps 1-5 above: (H, W, 3) float in [0, 1] -> the low-light uint8 image (H, W, 3)."""
+    """Steps 1-6 above: (H, W, 3) float in [0, 1] -> the low-light uint8 image (H, W, 3)."""
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 3 or x.shape[2] != 3:
         raise ValueError(f"degrade needs an (H, W, 3) RGB image, not shape {x.shape}")
-    lin = np.clip(x, 0.0, 1.0) ** DISPLAY_GAMMA  # 1
-    e = params.exposure * lin  # 2
-    n = e + np.sqrt(params.shot * e + params.read_sigma**2) * rng.standard_normal(e.shape)  # 3
-    y = np.clip(n, 0.0, 1.0) ** (1.0 / params.gamma)  # 4
-    out = np.round(y * 255.0).astype(np.uint8)  # 5
+    lin = gaussian_blur(np.clip(x, 0.0, 1.0) ** DISPLAY_GAMMA, params.blur)  # 1, 2
+    e = params.exposure * lin * np.asarray(params.gains, dtype=np.float64)  # 3
+    n = e + np.sqrt(params.shot * e + params.read_sigma**2) * rng.standard_normal(e.shape)  # 4
+    t = np.clip(n, 0.0, 1.0) ** (1.0 / params.gamma)  # 5
+    y = t + params.contrast * (3 * t**2 - 2 * t**3 - t)
+    out = np.round(np.clip(y, 0.0, 1.0) * 255.0).astype(np.uint8)  # 6
     if params.jpeg_quality is not None:
         out = _jpeg(out, params.jpeg_quality)
     return out

@@ -104,3 +104,42 @@ def test_synth_pairs_command(tmp_path, rng, capsys) -> None:
     assert len(list((out / "low").iterdir())) == 3
     assert main(["train", "synth-pairs", str(src), "-o", str(out), "-q"]) != 0  # not empty: refused
     assert main(["train", "synth-pairs", str(tmp_path / "nothing"), "-o", str(tmp_path / "x"), "-q"]) != 0
+
+
+def test_channel_gains_make_a_colour_cast() -> None:
+    x = _flat(0.6)
+    cast = degrade(x, DegradeParams(0.05, 0.0, 0.0, 2.2, gains=(1.3, 1.0, 0.75)), np.random.default_rng(0))
+    r, g, b = (cast[..., c].mean() for c in range(3))
+    assert r > g > b
+    neutral = degrade(x, DegradeParams(0.05, 0.0, 0.0, 2.2), np.random.default_rng(0))
+    assert neutral[..., 0].mean() == neutral[..., 1].mean() == neutral[..., 2].mean()
+
+
+def test_blur_softens_and_keeps_the_mean() -> None:
+    x = np.random.default_rng(3).random((48, 48, 3))
+    sharp = degrade(x, DegradeParams(0.5, 0.0, 0.0, 1.0), np.random.default_rng(0)).astype(float)
+    soft = degrade(x, DegradeParams(0.5, 0.0, 0.0, 1.0, blur=1.0), np.random.default_rng(0)).astype(float)
+    assert np.abs(np.diff(soft, axis=1)).mean() < 0.5 * np.abs(np.diff(sharp, axis=1)).mean()
+    assert abs(soft.mean() - sharp.mean()) < 1.0
+
+
+def test_contrast_curve_is_monotonic_and_fixes_the_ends() -> None:
+    ramp = np.linspace(0, 1, 3 * 256).reshape(16, 16, 3)
+    for s in (-0.5, 0.0, 0.4, 0.5):
+        y = degrade(ramp, DegradeParams(1.0, 0.0, 0.0, 1.0, contrast=s), np.random.default_rng(0)).reshape(-1)
+        assert np.all(np.diff(y.astype(int)) >= 0) and y[0] == 0 and y[-1] == 255
+    s_curve = degrade(ramp, DegradeParams(1.0, 0.0, 0.0, 1.0, contrast=0.4), np.random.default_rng(0)).astype(float)
+    plain = degrade(ramp, DegradeParams(1.0, 0.0, 0.0, 1.0), np.random.default_rng(0)).astype(float)
+    assert s_curve.std() > plain.std()  # an S-curve spreads the tones
+
+
+def test_camera_spec_draws_every_step_and_classic_draws_none() -> None:
+    rng = np.random.default_rng(0)
+    ps = [sample_params(rng, DegradeSpec()) for _ in range(300)]
+    assert any(p.blur > 0 for p in ps) and any(p.blur == 0 for p in ps)
+    assert any(p.jpeg_quality for p in ps) and min(p.contrast for p in ps) < 0 < max(p.contrast for p in ps)
+    assert all(p.gains[1] == 1.0 and 0.77 < p.gains[0] < 1.29 and 0.77 < p.gains[2] < 1.29 for p in ps)
+    classic = [sample_params(rng, DegradeSpec.classic()) for _ in range(50)]
+    assert all(p.gains == (1.0, 1.0, 1.0) and p.contrast == 0 and p.blur == 0 and p.jpeg_quality is None for p in classic)
+    with pytest.raises(ValueError):
+        DegradeSpec(contrast_range=(0.0, 0.9))

@@ -171,3 +171,16 @@ def test_optional_metrics_say_what_to_install() -> None:
     except ImportError:
         with pytest.raises(MetricUnavailableError, match="pyiqa"):
             load_no_reference("niqe")
+
+
+def test_block_ratio_finds_an_8_pixel_grid() -> None:
+    from lle_cli.metrics import block_ratio
+
+    rng = np.random.default_rng(0)
+    smooth = np.cumsum(rng.normal(size=(64, 64, 3)), axis=1) + np.cumsum(rng.normal(size=(64, 64, 3)), axis=0)
+    assert 0.85 < block_ratio(smooth) < 1.15
+    blocks = np.kron(rng.random((8, 8, 3)), np.ones((8, 8, 1))) * 255 + rng.normal(0, 2, (64, 64, 3))
+    assert block_ratio(blocks) > 5
+    shifted = np.roll(blocks, 4, axis=(0, 1))  # the same squares off the grid: steps now fall off it
+    assert block_ratio(shifted) < 0.5
+    assert np.isnan(block_ratio(np.zeros((16, 16, 3))))

@@ -28,6 +28,7 @@ from lle_cli.train.llflow import (
     load_pairs,
     lr_at,
     make_batch,
+    network_input_u8,
     train_llflow,
     train_step,
     validate,
@@ -223,16 +224,40 @@ def test_resume_continues_exactly(pairs, tmp_path, micro, coupling) -> None:
         train_llflow(pairs, tmp_path / "e.safetensors", cfg(4), run_dir=tmp_path / "rb")
 
 
-def test_validation_reports_psnr_ssim_and_non_finite_fraction(pairs, micro) -> None:
+def test_validation_reports_nll_psnr_ssim_blocks_and_non_finite_fraction(pairs, micro) -> None:
     torch.manual_seed(0)
     model = LLFlow(LLFlowConfig(**{**MICRO, "stack_blocks": (0,)}))
     data = load_pairs(find_pairs(pairs))
     lq, gt = make_batch(data, torch.arange(4), step_generator(0, 1), 16, flip=False)
     model.initialize_actnorms(None, gt, lq=lq)
     v = validate(model, data[:2], samples=3)
-    assert set(v) == {"val_psnr", "val_ssim", "val_nonfinite"}
+    assert set(v) == {"val_nll", "val_psnr", "val_ssim", "val_psnr_tau1", "val_block", "val_nonfinite"}
     assert 0 < v["val_psnr"] < 60 and -1 <= v["val_ssim"] <= 1 and 0 <= v["val_nonfinite"] <= 1
+    assert 0 < v["val_psnr_tau1"] < 60 and v["val_block"] > 0
+    # the held-out NLL is the training objective's value on the same pair (colour-map mean, no noise)
+    p = data[0]
+    h8, w8 = (p.low.shape[1] // 8) * 8, (p.low.shape[2] // 8) * 8
+    with torch.no_grad():
+        model.eval()
+        one = FlowNLL(model)(network_input_u8(p.low[None, :, :h8, :w8], p.histeq[None, :, :h8, :w8]),
+                             p.high[None, :, :h8, :w8].float() / 255, torch.zeros(1, dtype=torch.bool))
+        model.train()
+    v1 = validate(model, data[:1], samples=0)
+    assert v1["val_nll"] == pytest.approx(float(one[0]), rel=1e-5)
     assert model.training  # put back in training mode
+
+
+def test_the_best_validated_weights_are_kept(pairs, tmp_path, micro) -> None:
+    import json
+
+    run = tmp_path / "run"
+    train_llflow(pairs, tmp_path / "w.safetensors", _cfg(micro, iterations=4, val_every=2), val_data=pairs, run_dir=run)
+    best = json.loads((run / "best.json").read_text())
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    nlls = {r["step"]: r["val_nll"] for r in rows if "val_nll" in r}
+    assert set(nlls) == {2, 4} and best["iteration"] == min(nlls, key=nlls.get)
+    assert best["val_nll"] == pytest.approx(min(nlls.values()))
+    assert (run / "best.safetensors").is_file()
 
 
 def test_bf16_needs_cuda(pairs, tmp_path, micro) -> None:

@@ -12,8 +12,36 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
+from rich.text import Text
 
-err_console = Console(stderr=True, highlight=False)
+# Markup off: every message may carry a user's path, and "a [red]b.png" or "dir[/x]" must print as
+# written (rich would swallow the first and crash on the second). Without a terminal (logs, CI),
+# lines are never wrapped, so a path stays on one line.
+err_console = Console(stderr=True, highlight=False, markup=False, emoji=False, soft_wrap=not sys.stderr.isatty())
+
+
+def say(message: str, style: str = "") -> None:
+    """One line on stderr, printed literally (progress bars stay below it)."""
+    err_console.print(Text(message, style=style), soft_wrap=True)
+
+
+def error(message: str) -> None:
+    """The one way an error reaches the user: ``Error: <message>`` on stderr, literally."""
+    err_console.print(Text.assemble(("Error: ", "bold red"), message), soft_wrap=True)
+
+
+def warning(message: str) -> None:
+    err_console.print(Text.assemble(("Warning: ", "yellow"), message), soft_wrap=True)
+
+
+def note(message: str) -> None:
+    """Secondary information (model used, run record path), dimmed."""
+    say(message, "dim")
+
+
+def label_column() -> TextColumn:
+    """A progress column showing the task's description (often a file name) without markup."""
+    return TextColumn("{task.description}", markup=False)
 
 ModelOpt = Annotated[
     Optional[str], typer.Option("--model", "-m", help="Model name or alias (see `lle models list`); default: the embedded model.")
@@ -46,7 +74,7 @@ def download_progress(enabled: bool) -> Iterator[Callable[[str, int, Optional[in
         yield None
         return
     bars = Progress(
-        TextColumn("downloading {task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        TextColumn("downloading {task.description}", markup=False), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
         console=err_console, transient=True,
     )
     tasks: dict[str, TaskID] = {}

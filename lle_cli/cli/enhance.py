@@ -16,7 +16,8 @@ from .. import record as run_record
 from ..errors import UsageError
 from ..ood import ood_warner
 from ._common import (
-    DeviceOpt, JsonOpt, ModelOpt, OfflineOpt, PrecisionOpt, QuietOpt, WeightsOpt, download_progress, err_console, show_progress,
+    DeviceOpt, JsonOpt, ModelOpt, OfflineOpt, PrecisionOpt, QuietOpt, WeightsOpt, download_progress, err_console, error,
+    label_column, note, show_progress, warning,
 )
 
 
@@ -71,7 +72,7 @@ def enhance(
         keep_freed_memory()  # this process is ours: let big freed blocks be reused
         loaded = api.load_model(model, weights=weights, device=device, precision=precision, offline=offline, progress=on_bytes, tile=tile_px)
     if not quiet and not json_out:
-        err_console.print(f"[dim]model {loaded.name} ({loaded.weights_source}) on {loaded.device}[/dim]")
+        note(f"model {loaded.name} ({loaded.weights_source}) on {loaded.device}")
     warn_ood = ood_warner(loaded, ood_stats)  # LLFlow only; never changes the outputs
     failures: list[str] = []
     ok = 0
@@ -80,10 +81,10 @@ def enhance(
         "model": model, "weights": weights, "device": device, "precision": precision, "tile": tile, "output": output, "format": opts.format,
         "quality": quality, "bit_depth": bit_depth, "suffix": suffix, "overwrite": overwrite,
     }) if recording else None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # only once there is work
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn  # only once there is work
 
     progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        label_column(), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=err_console, disable=not show_progress(quiet, json_out), transient=True,
     )
     with progress:
@@ -98,16 +99,16 @@ def enhance(
                 ok += 1
                 message = warn_ood(result.input, stdin_bytes) if warn_ood and not quiet else None
                 if message:
-                    progress.console.print(f"[yellow]Warning:[/yellow] {message}", markup=True, soft_wrap=True, highlight=False)
+                    warning(f"{message}")
             else:
                 failures.append(result.error or result.input)
                 if not json_out:
-                    progress.console.print(f"[red]Error:[/red] {result.error}", markup=True, soft_wrap=True)
+                    error(f"{result.error}")
             progress.update(task, advance=1, description=Path(result.input).name)
     if not quiet and not json_out and len(jobs) > 1:
         err_console.print(f"{ok} enhanced, {len(failures)} failed")
     if run is not None:
         for path in run_record.write_job_records(loaded, results, command="enhance", options={}, run=run):
             if not quiet and not json_out:
-                err_console.print(f"[dim]run record: {path}[/dim]")
+                note(f"run record: {path}")
     return 1 if failures else 0

@@ -12,14 +12,16 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
 from .. import api
 from ..errors import UsageError
 from ..evaluate import METRICS, PROTOCOLS, EvalReport, Extras, get_protocol, sort_results
 from ..metrics import load_lpips, load_no_reference
-from ._common import DeviceOpt, OfflineOpt, QuietOpt, WeightsOpt, download_progress, err_console, show_progress
+from ._common import (
+    DeviceOpt, OfflineOpt, QuietOpt, WeightsOpt, download_progress, err_console, error, label_column, note, show_progress,
+)
 
 # `--n/--tau` (mean of n samples of a flow model) appear only once the library can sample.
 _SAMPLE = getattr(api, "sample", None)
@@ -74,7 +76,7 @@ def eval_(
         raise UsageError(f"--sort {sort!r}: expected one of {', '.join(avail)}")
 
     interactive = show_progress(quiet, json_out or csv_out)
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    progress = Progress(label_column(), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=err_console, disable=not interactive, transient=True)
     if model is None:
         with progress:
@@ -91,7 +93,7 @@ def eval_(
             predict = lambda rgb: _SAMPLE(loaded, rgb, n=n, tau=tau, **extra)  # noqa: E731
             options = {"n": n, "tau": tau}
         if not quiet and not (json_out or csv_out):
-            err_console.print(f"[dim]model {loaded.name} ({loaded.weights_source}) on {loaded.device}[/dim]")
+            note(f"model {loaded.name} ({loaded.weights_source}) on {loaded.device}")
         with progress:
             task = progress.add_task("enhancing", total=None)
             report = api.evaluate(predictions, references, protocol=proto, model=loaded, predict=predict,
@@ -109,7 +111,7 @@ def eval_(
     if not quiet:
         _print_provenance(report, to_stdout=False)
         for r in report.failures:
-            err_console.print(f"[red]Error:[/red] {r.error}", markup=True, soft_wrap=True)
+            error(f"{r.error}")
     return 1 if report.failures else 0
 
 

@@ -10,7 +10,9 @@ from typer.core import TyperCommand, TyperGroup
 
 from .. import __version__
 from ..errors import LLEError
-from ._common import err_console
+from ._common import (
+    error,
+)
 
 # recent typer ships its own copy of click, so its exception classes are found through typer
 _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
@@ -87,7 +89,7 @@ def _root(
 
 
 def _error(message: str) -> None:
-    err_console.print(f"[bold red]Error:[/bold red] {message}", markup=True, soft_wrap=True, highlight=False)
+    error(f"{message}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,9 @@ from .. import api, cache
 from ..download import hub_cached_file
 from ..errors import LLEError, UsageError
 from ..loading import embedded_path, weights_location
-from ._common import JsonOpt, OfflineOpt, QuietOpt, download_progress, err_console, show_progress
+from ._common import (
+    JsonOpt, OfflineOpt, QuietOpt, download_progress, err_console, error, show_progress, warning,
+)
 
 app = typer.Typer(help="List, download, verify, remove, import and export models.", no_args_is_help=True)
 
@@ -113,7 +115,7 @@ def download(
                 if json_out:
                     print(json.dumps({"model": e.name, "status": "error", "error": str(err)}), flush=True)
                 else:
-                    err_console.print(f"[bold red]Error:[/bold red] {err}", soft_wrap=True)
+                    error(f"{err}")
                 continue
             if json_out:
                 print(json.dumps({"model": e.name, "status": "ok", "via": r.via, "path": str(r.path), "sha256": r.sha256}), flush=True)
@@ -141,7 +143,7 @@ def verify(names: NamesArg = None, json_out: JsonOpt = False) -> int:
         err_console.print("no embedded or cached weights to verify")
     for r in bad:
         fix = f"`lle models download {r.model} --force`" if r.location == "cached" else "reinstall lle"
-        err_console.print(f"[bold red]Error:[/bold red] {r.detail}; replace it with {fix}", soft_wrap=True)
+        error(f"{r.detail}; replace it with {fix}")
     return 1 if bad else 0
 
 
@@ -173,7 +175,7 @@ def import_(
     """Verify a checkpoint's sha256, load it safely and store it as safetensors in the cache."""
     r = api.import_checkpoint(file, model, trust_unknown=trust_unknown)
     if not r.verified:
-        err_console.print(f"[yellow]Warning:[/yellow] {file}: sha256 not in the manifest; imported because of --trust-unknown")
+        warning(f"{file}: sha256 not in the manifest; imported because of --trust-unknown")
     err_console.print(f"imported {r.model} (sha256 {r.source_sha256[:12]}...)")
     print(r.path)
     return 0

@@ -8,13 +8,15 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
 from .. import api
 from ..clip import ClipSpec
 from ..errors import OutputExistsError, UsageError
-from ._common import DeviceOpt, JsonOpt, QuietOpt, err_console, show_progress
+from ._common import (
+    DeviceOpt, JsonOpt, QuietOpt, err_console, label_column, note, show_progress,
+)
 
 
 def residual_tokens(
@@ -40,7 +42,7 @@ def residual_tokens(
     if save is not None and save.exists() and not overwrite:
         raise OutputExistsError(f"{save}: already exists; pass --overwrite to replace it")
     spec = ClipSpec(model=clip_model, pretrained=clip_pretrained, weights=str(clip_weights) if clip_weights else None)
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+    progress = Progress(label_column(), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                         console=err_console, disable=not show_progress(quiet, json_out), transient=True)
     with progress:
         task = progress.add_task("embedding", total=None)
@@ -56,7 +58,7 @@ def residual_tokens(
     _print_table(report)
     if not quiet:
         extra = f"; saved to {save}" if save else ""
-        err_console.print(f"[dim]CLIP {report['clip']}, {report['vocabulary']} tokens{extra}[/dim]", markup=True)
+        note(f"CLIP {report['clip']}, {report['vocabulary']} tokens{extra}")
     return 0
 
 

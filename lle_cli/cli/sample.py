@@ -13,7 +13,6 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
-    TextColumn,
     TimeElapsedColumn,
 )
 
@@ -36,6 +35,11 @@ from ._common import (
     QuietOpt,
     WeightsOpt,
     err_console,
+    error,
+    label_column,
+    note,
+    say,
+    warning,
     show_progress,
 )
 
@@ -124,27 +128,27 @@ def sample(
     ensure_flow_model(api.model_info(model))  # before any weights are loaded or fetched
     loaded = api.load_model(model, weights=weights, device=device, precision=precision)
     if not quiet and not json_out:
-        err_console.print(f"[dim]model {loaded.name} ({loaded.weights_source}) on {loaded.device}[/dim]")
+        note(f"model {loaded.name} ({loaded.weights_source}) on {loaded.device}")
     warn_ood = ood_warner(loaded, ood_stats)  # never changes the samples
     progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        label_column(), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=err_console, disable=not show_progress(quiet, json_out), transient=True,
     )
     recording = record if record is not None else (output is not None or len(jobs) > 1)
     results = []
     failed = 0
     with progress:
-        for path, error in jobs:
-            if error:
+        for path, problem in jobs:
+            if problem:
                 failed += 1
                 if json_out:
-                    print(json.dumps({"input": path, "model": loaded.name, "status": "error", "error": error}), flush=True)
+                    print(json.dumps({"input": path, "model": loaded.name, "status": "error", "error": problem}), flush=True)
                 else:
-                    err_console.print(f"[red]Error:[/red] {error}", markup=True, soft_wrap=True)
+                    error(problem)
                 continue
             message = warn_ood(path, stdin_bytes) if warn_ood and not quiet else None
             if message:
-                progress.console.print(f"[yellow]Warning:[/yellow] {message}", markup=True, soft_wrap=True, highlight=False)
+                warning(f"{message}")
             task = progress.add_task(Path(path).name if path != STDIO else "stdin", total=None)
             result = run_sample_job(
                 loaded, path, output, opts, stdin=stdin_bytes,
@@ -167,20 +171,19 @@ def sample(
                 print(result.sheet, flush=True)
             if quiet:
                 if result.error:
-                    err_console.print(f"[red]Error:[/red] {result.error}", markup=True, soft_wrap=True)
+                    error(f"{result.error}")
                 continue
             for s in result.samples:
                 if s["rejected_seeds"]:
-                    err_console.print(f"[yellow]redrew[/yellow] sample {s['index']} (tau {s['tau']:g}, offset {s['offset']:g}): "
-                                      f"seeds {s['rejected_seeds']} were bad, now seed {s['seed']}", soft_wrap=True)
+                    say(f"redrew sample {s['index']} (tau {s['tau']:g}, offset {s['offset']:g}): "
+                        f"seeds {s['rejected_seeds']} were bad, now seed {s['seed']}", "yellow")
                 if s["status"] == "out_of_range":
-                    err_console.print(f"[yellow]Warning:[/yellow] {path}: sample {s['index']} (tau {s['tau']:g}, offset {s['offset']:g}) "
-                                      f"has {s['out_of_range_fraction']:.1%} of its values outside [-0.5, 1.5] (clipped when written)",
-                                      soft_wrap=True)
+                    warning(f"{path}: sample {s['index']} (tau {s['tau']:g}, offset {s['offset']:g}) "
+                            f"has {s['out_of_range_fraction']:.1%} of its values outside [-0.5, 1.5] (clipped when written)")
             if result.error:
-                err_console.print(f"[red]Error:[/red] {result.error}", markup=True, soft_wrap=True)
+                error(f"{result.error}")
             elif result.seed is not None and seed is None:
-                err_console.print(f"[dim]{path}: seed {result.seed} (pass --seed {result.seed} to reproduce)[/dim]")
+                note(f"{path}: seed {result.seed} (pass --seed {result.seed} to reproduce)")
     if recording:
         _write_records(loaded, results, stdin_bytes, options={
             "n": n, "tau": list(opts.taus), "z_offset": list(opts.offsets), "mean": mean, "resample_bad": resample_bad,

@@ -16,7 +16,6 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
-    TextColumn,
     TimeElapsedColumn,
 )
 from rich.table import Table
@@ -33,6 +32,9 @@ from ._common import (
     QuietOpt,
     WeightsOpt,
     err_console,
+    error,
+    label_column,
+    note,
     show_progress,
 )
 
@@ -60,7 +62,7 @@ app = typer.Typer(cls=_DefaultToScore, help=_HELP, no_args_is_help=True, context
 
 def _progress(quiet: bool, json_out: bool) -> Progress:
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        label_column(), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=err_console, disable=not show_progress(quiet, json_out), transient=True,
     )
 
@@ -122,7 +124,7 @@ def fit(
         raise OutputExistsError(f"{output}: already exists; pass --overwrite to replace it")
     paths, bad = _inputs(inputs)
     for _, err in bad:
-        err_console.print(f"[red]Error:[/red] {err}", markup=True, soft_wrap=True)
+        error(f"{err}")
     if not paths:
         raise UsageError("no training images found; pass a folder of the model's training inputs")
     loaded = api.load_model(_default_model(model), weights=weights, device=device, precision=precision, offline=offline)
@@ -133,7 +135,7 @@ def fit(
         stats = api.fit_ood(
             loaded, paths, output=output, patch_size=patch_size, blocks=_blocks(blocks), shrinkage=_shrinkage(shrinkage),
             percentile=percentile, progress=lambda done, total: prog.update(task, completed=done),
-            on_error=lambda path, msg: (failed.append(msg), prog.console.print(f"[red]Error:[/red] {msg}", markup=True, soft_wrap=True)),
+            on_error=lambda path, msg: (failed.append(msg), error(f"{msg}")),
         )
     if json_out:
         print(json.dumps({"output": str(output), **stats.metadata()}), flush=True)
@@ -226,7 +228,7 @@ def score(
     stats, _ = ood.stats_for(loaded, stats_path)  # refuses statistics of other models or weights
     machine = json_out or csv_out
     if not quiet and not machine:
-        err_console.print(f"[dim]model {loaded.name} ({loaded.weights_source}) on {loaded.device}[/dim]")
+        note(f"model {loaded.name} ({loaded.weights_source}) on {loaded.device}")
     written: set[str] = set()
 
     def save_heatmap(res: ood.ImageScore, rgb) -> None:
@@ -247,7 +249,7 @@ def score(
     results: list[ood.ImageScore] = []
     failures = [e for _, e in bad]
     for err in failures:
-        err_console.print(f"[red]Error:[/red] {err}", markup=True, soft_wrap=True)
+        error(f"{err}")
     with _progress(quiet, machine) as prog:
         task = prog.add_task("scoring", total=len(paths))
         for res in api.score_ood(loaded, paths, stats=stats, stdin=stdin_bytes, validate=validate, n=n, tau=tau, seed=seed,
@@ -255,7 +257,7 @@ def score(
             results.append(res)
             if res.status != "ok":
                 failures.append(res.error or res.input)
-                prog.console.print(f"[red]Error:[/red] {res.error}", markup=True, soft_wrap=True)
+                error(f"{res.error}")
             prog.update(task, advance=1, description=Path(res.input).name)
     rows = _rows(results, patches, stats.threshold)[: top or None]
     summary = ood.summarise(results, patches=patches)

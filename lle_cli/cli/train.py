@@ -12,7 +12,9 @@ from ..device import select_device
 from ..errors import OutputExistsError
 from ..losses import ZeroReferenceWeights
 from ..train.zero_dce import ZeroDCETrainConfig, train_zero_dce
-from ._common import DeviceOpt, QuietOpt, err_console, show_progress
+from ._common import (
+    DeviceOpt, QuietOpt, err_console, note, show_progress,
+)
 
 app = typer.Typer(help="Train models.", no_args_is_help=True)
 _D = ZeroDCETrainConfig()
@@ -59,7 +61,7 @@ def zero_dce(
             seconds=result.seconds, suffixes=IMAGE_SUFFIXES, final_loss=result.final_loss,
         )
         if not quiet:
-            err_console.print(f"[dim]run record: {path}[/dim]")
+            note(f"run record: {path}")
     print(output)
     return 0
 

@@ -88,18 +88,27 @@ def synth_pairs(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to create low/ and high/ in (LOL layout) plus pairs.json.")],
     variants: Annotated[int, typer.Option("--variants", "-k", min=1, help="Degraded versions of each image.")] = 1,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    jpeg_probability: Annotated[float, typer.Option("--jpeg-probability", min=0.0, max=1.0, help="Fraction of low images JPEG-compressed (quality 60-95).")] = 0.0,
+    jpeg_probability: Annotated[Optional[float], typer.Option("--jpeg-probability", min=0.0, max=1.0, help="Fraction of low images JPEG-compressed (default 0.5 for camera, 0 for classic).")] = None,
+    degradation: Annotated[str, typer.Option("--degradation", help="camera (casts, blur, tone curves, JPEG, heavy read noise) or classic (exposure, noise, gamma only).")] = "camera",
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> int:
-    """Make synthetic low/normal-light pairs: exposure scaling, sensor noise and gamma (see lle_cli.degrade)."""
+    """Make synthetic low/normal-light pairs: exposure, colour cast, blur, sensor noise, tone curve, JPEG (lle_cli.degrade)."""
+    import dataclasses
+
     from ..degrade import DegradeSpec, write_synthetic_pairs
+
+    if degradation not in ("camera", "classic"):
+        raise UsageError(f"--degradation {degradation!r}: expected camera or classic")
+    spec = DegradeSpec() if degradation == "camera" else DegradeSpec.classic()
+    if jpeg_probability is not None:
+        spec = dataclasses.replace(spec, jpeg_probability=jpeg_probability)
 
     with Progress(TextColumn("degrading"), BarColumn(), MofNCompleteColumn(), console=err_console,
                   disable=not show_progress(quiet, False)) as bar:
         task = bar.add_task("synth", total=None)
         records = write_synthetic_pairs(
-            positives, output, variants=variants, seed=seed, spec=DegradeSpec(jpeg_probability=jpeg_probability),
+            positives, output, variants=variants, seed=seed, spec=spec,
             overwrite=overwrite, progress=lambda i, n: bar.update(task, completed=i, total=n),
         )
     if not quiet:

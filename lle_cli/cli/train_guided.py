@@ -20,7 +20,9 @@ from ..errors import OutputExistsError, UsageError
 from ..train.clip_lit_latent import ClipLitLatentLossWeights, ClipLitLatentTrainConfig
 from ..train.rave import RaveLossWeights, RaveTrainConfig
 from ..train.scl_lle import SEGMENTERS, SclTrainConfig, SegSpec, VggSpec
-from ._common import DeviceOpt, QuietOpt, err_console, show_progress
+from ._common import (
+    DeviceOpt, QuietOpt, err_console, note, show_progress,
+)
 
 _R = RaveTrainConfig()
 _L = ClipLitLatentTrainConfig()
@@ -61,7 +63,7 @@ def _bar(quiet: bool):
 
 
 def _log(quiet: bool):
-    return (lambda _m: None) if quiet else (lambda m: err_console.print(f"[dim]{m}[/dim]", markup=True, highlight=False))
+    return (lambda _m: None) if quiet else (lambda m: note(f"{m}"))
 
 
 def _summary(result, quiet: bool) -> None:
