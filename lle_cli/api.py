@@ -25,11 +25,12 @@ from .loading import (
     remove_weights,
     verify_weights,
 )
-from .models import build_model, load_state_strict
+from .models import FAMILIES, build_model, load_state_strict
 from .registry import ModelEntry, get_registry
-from .runner import LoadedModel
+from .runner import LoadedModel, min_tile_size
 
 __all__ = [
+    "check_options",
     "load_model",
     "enhance_array",
     "sample",
@@ -85,6 +86,25 @@ def export_model(
     return export_weights(get_registry().resolve(name), Path(directory), overwrite=overwrite, offline=offline, progress=progress)
 
 
+def check_options(name: str | None = None, *, tile: int | None = None, device: str = "auto", precision: str = "auto") -> None:
+    """Refuse bad model, tile, device and precision options before any weights are read (UsageError).
+
+    ``tile``: 0 or None, or at least the smallest tile the family's halo allows (two overlaps),
+    below which every tile would be mostly margin and a run many times slower.
+    """
+    entry = get_registry().resolve(name)
+    select_dtype(precision, select_device(device))
+    if tile is None or tile == 0:
+        return
+    if tile < 0:
+        raise UsageError(f"--tile {tile}: expected 0 (never tile), a size in pixels, or auto")
+
+    smallest = min_tile_size(entry.family)
+    if tile < smallest:
+        raise UsageError(f"--tile {tile}: {entry.name} needs tiles of at least {smallest} px (twice the overlap its "
+                         f"{FAMILIES[entry.family].tile_margin}-px halo needs); pass --tile {smallest} or more, 0 to never tile, or auto")
+
+
 def load_model(
     name: str | None = None,
     *,
@@ -102,6 +122,7 @@ def load_model(
     ``tile``: None tiles large images automatically (budget ``$LLE_TILE_MEMORY_MB``), 0 never, N px tiles.
     """
     entry = get_registry().resolve(name)
+    check_options(entry.name, tile=tile, device=device, precision=precision)
     dev = select_device(device)
     dtype = select_dtype(precision, dev)
     state, source = load_weights(entry, Path(weights) if weights else None, offline=offline, progress=progress)
@@ -111,8 +132,6 @@ def load_model(
     from ._cpu import prepare_for_inference  # channels-last on the CPU (bench/vs_official.py)
 
     prepare_for_inference(module, entry.family, dev)
-    if tile is not None and tile < 0:
-        raise UsageError(f"tile {tile}: expected 0 (never tile), a size in pixels, or None (automatic)")
     return LoadedModel(entry, module, dev, dtype, source, tile=tile)
 
 

@@ -33,6 +33,8 @@ class OutputOptions:
     quality: int = 95
     bit_depth: int | None = None  # None: keep the input's (8 or 16) where the format allows
     overwrite: bool = False
+    in_place: bool = False  # an output that is its own input replaces it (atomically); refused otherwise
+    skip_existing: bool = False  # an input whose output exists and reads back as an image is skipped
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class Job:
     input: str  # a path, or "-" for stdin
     output: str | None  # a path, "-" for stdout, or None when planning already failed
     error: str | None = None  # set when the job cannot run at all (missing file, clash)
+    skip: str | None = None  # why the job needs no work (its complete output exists, --skip-existing)
 
 
 @dataclass
@@ -48,7 +51,7 @@ class JobResult:
     output: str | None
     model: str
     seconds: float
-    status: str  # "ok" or "error"
+    status: str  # "ok", "error" or "skipped"
     error: str | None = None
     input_sha256: str | None = None  # filled when run with digests=True (run records)
     output_sha256: str | None = None
@@ -65,11 +68,29 @@ def _is_image(p: Path) -> bool:
     return p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
 
 
-def expand_inputs(inputs: list[str], *, skip_suffix: str | None = None) -> list[tuple[str, str | None]]:
-    """Files, directories (their images, not recursive) and globs, as ``(path, error)`` pairs.
+def _folder_images(folder: Path, recursive: bool) -> tuple[list[Path], list[Path]]:
+    """A folder's images (sorted; hidden files and folders left out) and, when not recursive, the
+    sub-folders that hold images and were therefore left out."""
+    if recursive:
+        files = [f for f in folder.rglob("*") if f.is_file() and _is_image(f)
+                 and not any(part.startswith(".") for part in f.relative_to(folder).parts)]
+        return sorted(files), []
+    files = sorted(f for f in folder.iterdir() if f.is_file() and _is_image(f))
+    skipped = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")
+                     and any(f.is_file() and _is_image(f) for f in d.rglob("*")))
+    return files, skipped
+
+
+def expand_inputs(
+    inputs: list[str], *, skip_suffix: str | None = None, recursive: bool = False, notes: list[str] | None = None,
+) -> list[tuple[str, str | None]]:
+    """Files, directories (their images; with ``recursive`` also their sub-folders') and globs, as
+    ``(path, error)`` pairs.
 
     A directory's files that already end with ``skip_suffix`` are our own earlier outputs and are
-    skipped, so running twice over a folder does not enhance the results again.
+    skipped, so running twice over a folder does not enhance the results again. Sub-folders holding
+    images that were not searched (no ``recursive``) are reported in ``notes``, so that nothing is
+    left out without a word.
     """
     out: list[tuple[str, str | None]] = []
     for item in inputs:
@@ -78,9 +99,12 @@ def expand_inputs(inputs: list[str], *, skip_suffix: str | None = None) -> list[
             continue
         p = Path(item)
         if p.is_dir():
-            files = sorted(f for f in p.iterdir() if f.is_file() and _is_image(f))
+            files, left_out = _folder_images(p, recursive)
             if skip_suffix:
                 files = [f for f in files if not f.stem.endswith(skip_suffix)]
+            if left_out and notes is not None:
+                names = ", ".join(d.name for d in left_out[:3]) + (", ..." if len(left_out) > 3 else "")
+                notes.append(f"{item}: {len(left_out)} sub-folder(s) with images not searched ({names}); pass --recursive to include them")
             if not files:
                 out.append((item, f"{item}: no images in this directory (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"))
             out.extend((str(f), None) for f in files)
@@ -110,14 +134,51 @@ def _normalise_format(opts: OutputOptions) -> OutputOptions:
     return OutputOptions(opts.suffix, fmt, opts.quality, opts.bit_depth, opts.overwrite)
 
 
-def plan_jobs(inputs: list[str], output: str | None, opts: OutputOptions) -> tuple[list[Job], OutputOptions]:
-    """Decide every output path up front so clashes and existing files are reported before any work."""
+def _identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of what ``path`` resolves to: equal for the same file, a hard link or a symlink."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def output_is_complete(path: str) -> bool:
+    """Whether an existing output reads back as a whole image (a crashed writer of another tool may
+    have left a truncated one; lle's own writes are atomic)."""
+    try:
+        read_image(path)
+    except (LLEError, OSError):
+        return False
+    return True
+
+
+def _relative_under(path: str, roots: list[Path]) -> Path | None:
+    for root in roots:
+        try:
+            return Path(path).relative_to(root)
+        except ValueError:
+            continue
+    return None
+
+
+def plan_jobs(
+    inputs: list[str], output: str | None, opts: OutputOptions, *, recursive: bool = False, notes: list[str] | None = None,
+) -> tuple[list[Job], OutputOptions]:
+    """Decide every output path up front so clashes and existing files are reported before any work.
+
+    An output that resolves to one of the inputs (the same file, a hard link or a symlink to it) is
+    refused even with ``overwrite``: only ``in_place`` replaces an input. With ``recursive`` and an
+    output directory, each image keeps its path relative to the folder it was found in.
+    """
     opts = _normalise_format(opts)
     if not inputs:
         raise UsageError("no input given; pass image files, directories, globs or - for stdin")
     if inputs.count(STDIO) > 1:
         raise UsageError("stdin (-) can be given only once")
-    expanded = expand_inputs(inputs, skip_suffix=opts.suffix if output is None else None)
+    expanded = expand_inputs(inputs, skip_suffix=opts.suffix if output is None else None, recursive=recursive, notes=notes)
+    input_ids = {i: p for p, e in expanded if not e and p != STDIO for i in [_identity(p)] if i is not None}
+    roots = [Path(i) for i in inputs if i != STDIO and Path(i).is_dir()] if recursive else []
     to_dir: Path | None = None
     if output == STDIO or (output is None and inputs == [STDIO]):
         if len(expanded) != 1:
@@ -140,9 +201,13 @@ def plan_jobs(inputs: list[str], output: str | None, opts: OutputOptions) -> tup
             target = STDIO
         elif to_dir is not None:
             stem = "stdin" if path == STDIO else Path(path).stem
-            target = str(to_dir / f"{stem}{_output_suffix(path, opts)}")
+            rel = _relative_under(path, roots) if roots else None
+            sub = rel.parent if rel is not None else Path()
+            target = str(to_dir / sub / f"{stem}{_output_suffix(path, opts)}")
         elif output is not None:
             target = output
+        elif opts.in_place:
+            target = path
         else:
             p = Path(path)
             target = str(p.with_name(f"{p.stem}{opts.suffix}{_output_suffix(path, opts)}"))
@@ -151,9 +216,22 @@ def plan_jobs(inputs: list[str], output: str | None, opts: OutputOptions) -> tup
             jobs.append(Job(path, None, f"{path}: its output {target} would also be written for {seen[key]}; use -o DIR with distinct names"))
             continue
         seen[key] = path
-        if target != STDIO and not opts.overwrite and Path(target).exists():
-            jobs.append(Job(path, target, str(OutputExistsError(f"{target}: already exists; pass --overwrite to replace it or choose another -o"))))
+        victim = input_ids.get(_identity(target)) if target != STDIO else None
+        if victim is not None:
+            if opts.in_place and victim == path:
+                jobs.append(Job(path, target))
+                continue
+            jobs.append(Job(path, None, f"{target}: is the input {victim} itself; lle never replaces an input, even with --overwrite; "
+                                        "pass --in-place to replace it with the enhanced image, or choose another -o"))
             continue
+        if target != STDIO and Path(target).exists():
+            if opts.skip_existing and output_is_complete(target):
+                jobs.append(Job(path, target, skip=f"{target}: exists (--skip-existing)"))
+                continue
+            if not opts.overwrite:
+                jobs.append(Job(path, target, str(OutputExistsError(
+                    f"{target}: already exists; pass --overwrite to replace it, --skip-existing to keep it, or choose another -o"))))
+                continue
         jobs.append(Job(path, target))
     return jobs, opts
 
@@ -185,8 +263,13 @@ def _write(job: Job, enhanced: Picture, opts: OutputOptions, stdout, digests: bo
         stdout.write(data)
         stdout.flush()
     else:
-        Path(job.output).parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(job.output, data, overwrite=opts.overwrite)
+        target = job.output
+        replace = opts.overwrite
+        if opts.in_place and _identity(job.output) is not None and _identity(job.output) == _identity(job.input):
+            # the enhanced image replaces the input atomically; a symlink keeps pointing at it
+            target, replace = os.path.realpath(job.output), True
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(target, data, overwrite=replace)
     return hashlib.sha256(data).hexdigest() if digests else None
 
 
@@ -224,11 +307,16 @@ def run_batch(
     and one encoding is in flight, so memory stays at about three images. ``JobResult.seconds`` is
     then the job's own work (read + enhance + write), not the time it spent queued.
     """
-    if not pipeline or len(jobs) < 2:
-        for job in jobs:
-            yield run_job(model, job, opts, stdin=stdin, stdout=stdout, digests=digests)
-        return
-    yield from _pipelined(model, jobs, opts, stdin, stdout, digests)
+    work = [j for j in jobs if j.skip is None]
+    runs = iter(work) if (not pipeline or len(work) < 2) else None
+    results = None if runs is not None else _pipelined(model, work, opts, stdin, stdout, digests)
+    for job in jobs:
+        if job.skip is not None:
+            yield JobResult(job.input, job.output, model.name, 0.0, "skipped", None)
+        elif results is None:
+            yield run_job(model, next(runs), opts, stdin=stdin, stdout=stdout, digests=digests)
+        else:
+            yield next(results)
 
 
 def _timed(fn, *args):
@@ -253,9 +341,9 @@ def _pipelined(
 
     readers = ThreadPoolExecutor(1, thread_name_prefix="lle-read")
     writers = ThreadPoolExecutor(1, thread_name_prefix="lle-write")
+    writing: Future | None = None  # the previous job's final result
     try:
         reading: Future = readers.submit(_timed, _read, jobs[0], stdin, digests)
-        writing: Future | None = None  # the previous job's final result
         for i, job in enumerate(jobs):
             current = reading
             if i + 1 < len(jobs):
@@ -279,6 +367,15 @@ def _pipelined(
                 del enhanced
         if writing is not None:
             yield writing.result()
+            writing = None
+    except KeyboardInterrupt:
+        # Ctrl-C while the model ran: the previous image is being written (atomically); let it
+        # finish and report it, so the caller can say exactly what was written before stopping
+        if writing is not None:
+            finished = writing.result()
+            writing = None
+            yield finished
+        raise
     finally:
         readers.shutdown(wait=True, cancel_futures=True)
         writers.shutdown(wait=True, cancel_futures=True)

@@ -251,6 +251,8 @@ def import_checkpoint(
     """Verify an authors' checkpoint, convert it to safetensors and store it in the cache."""
     reg = registry or get_registry()
     path = Path(path)
+    if path.is_dir():
+        raise WeightsError(f"{path}: is a directory; pass the checkpoint file inside it (.pth, .pt or .safetensors)")
     if not path.is_file():
         raise WeightsError(f"{path}: no such file")
     digest = sha256_file(path)

@@ -210,11 +210,15 @@ def describe_run(run: Mapping[str, Any]) -> str:
 
 
 def write_job_records(
-    model: LoadedModel, results: Iterable[Any], *, command: str, options: Mapping[str, Any], run: dict[str, Any] | None = None
+    model: LoadedModel, results: Iterable[Any], *, command: str, options: Mapping[str, Any], run: dict[str, Any] | None = None,
+    interrupted: bool = False,
 ) -> list[Path]:
-    """One record per output folder for the written files of a batch (``batch.JobResult`` items)."""
+    """One record per output folder for the written files of a batch (``batch.JobResult`` items).
+
+    ``interrupted``: the batch stopped early (Ctrl-C); the record says so and lists what was written.
+    """
     base = run or new_run(command, model=model, options=options)
-    finish_run(base)
+    finish_run(base, **({"interrupted": True} if interrupted else {}))
     by_dir: dict[Path, list[Any]] = {}
     for r in results:
         if r.status == "ok" and r.output and r.output != "-" and r.output_sha256:

@@ -55,6 +55,12 @@ def tile_memory_budget(pixels: int = 0, reserved_mb: float = 0.0) -> int:
     return int(mb * 2**20)
 
 
+def min_tile_size(family: str) -> int:
+    """The smallest tile side a family can run in: twice its overlap (or its minimum input size)."""
+    spec = FAMILIES[family]
+    return max(2 * tile_overlap(spec.tile_margin, spec.tile_multiple), spec.min_size)
+
+
 class NonFiniteOutputError(LLEError):
     """The network produced NaN or Inf; nothing is written."""
 
@@ -132,7 +138,7 @@ class LoadedModel:
 
     def _min_tile(self) -> int:
         # stride >= overlap: at most 4x the untiled work
-        return max(2 * tile_overlap(self.spec.tile_margin, self.spec.tile_multiple), self.spec.min_size)
+        return min_tile_size(self.spec.name)
 
     def _tiled_size(self, height: int, width: int) -> tuple[int, int]:
         """The size the tiles cover: LLFlow tiles its padded image, the others the image itself."""

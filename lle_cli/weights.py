@@ -84,13 +84,32 @@ def load_upstream_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if path.suffix == ".safetensors":
         return clean_state_dict(load_safetensors(path))
+    if path.is_dir():
+        raise WeightsError(f"{path}: is a directory; pass the checkpoint file inside it (.pth, .pt or .safetensors)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as e:
         raise WeightsError(f"{path}: no such file") from e
-    except Exception as e:  # torch raises many types for a bad pickle; all mean the same to the user
-        raise WeightsError(
-            f"{path}: cannot be loaded as a weights-only PyTorch checkpoint ({type(e).__name__}); "
-            "lle never unpickles arbitrary objects, so convert it to a plain state dict first"
-        ) from e
+    except Exception as e:  # torch raises many types for a bad file; say which kind of bad it is
+        raise WeightsError(f"{path}: {_unreadable_checkpoint(path, e)}") from e
     return clean_state_dict(obj)
+
+
+def _unreadable_checkpoint(path: Path, e: Exception) -> str:
+    """Why ``torch.load`` failed, in terms of what the user should do."""
+    import pickle
+    import zipfile
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(4)
+    text = str(e).lower()
+    if size == 0:
+        return "the file is empty; download it again"
+    # a zip checkpoint cut short has lost its central directory; the legacy format reports EOF
+    if isinstance(e, pickle.UnpicklingError) and "weights only" in text:
+        return ("it stores Python objects besides tensors, which a weights-only load refuses (lle never unpickles "
+                "arbitrary objects); save its state dict alone (torch.save(model.state_dict(), ...)) and import that")
+    if (head == b"PK\x03\x04" and not zipfile.is_zipfile(path)) or "eof" in text or "corrupt" in text:
+        return f"the file is truncated or corrupt ({size:,} bytes); download it again and check its size"
+    return f"not a PyTorch checkpoint lle can read ({type(e).__name__}); check that it is a .pth/.pt of model weights"

@@ -17,7 +17,7 @@ from ..errors import UsageError
 from ..ood import ood_warner
 from ._common import (
     DeviceOpt, JsonOpt, ModelOpt, OfflineOpt, PrecisionOpt, QuietOpt, WeightsOpt, download_progress, err_console, error,
-    label_column, note, show_progress, warning,
+    label_column, note, say, show_progress, warning,
 )
 
 
@@ -39,7 +39,10 @@ def enhance(
     quality: Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG/WebP quality.")] = 95,
     bit_depth: Annotated[Optional[int], typer.Option("--bit-depth", help="8 or 16 (PNG/TIFF); default: the input's.")] = None,
     suffix: Annotated[str, typer.Option("--suffix", help="Added to the file name when writing beside the input.")] = "_enhanced",
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files (never an input: see --in-place).")] = False,
+    in_place: Annotated[bool, typer.Option("--in-place", help="Replace each input with its enhanced image (atomically); without -o the output is the input itself.")] = False,
+    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose output already exists and reads back as an image (resume a batch).")] = False,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Also enhance the images in sub-folders of input folders (-o DIR keeps their relative paths).")] = False,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
     record: Annotated[
@@ -56,8 +59,18 @@ def enhance(
     if tile != "auto" and not tile.isdigit():
         raise UsageError(f"--tile {tile}: expected auto, 0 (never tile) or a tile size in pixels")
     tile_px = None if tile == "auto" else int(tile)
-    opts = OutputOptions(suffix=suffix, format=fmt, quality=quality, bit_depth=bit_depth, overwrite=overwrite)
-    jobs, opts = plan_jobs(inputs, output, opts)
+    if in_place and fmt is not None:
+        raise UsageError("--in-place keeps each input's format; leave out --format (or write elsewhere with -o)")
+    if skip_existing and overwrite:
+        raise UsageError("--skip-existing keeps existing outputs and --overwrite replaces them; pass one of them")
+    api.check_options(model, tile=tile_px, device=device, precision=precision)  # before any weights are read
+    opts = OutputOptions(suffix=suffix, format=fmt, quality=quality, bit_depth=bit_depth, overwrite=overwrite,
+                         in_place=in_place, skip_existing=skip_existing)
+    notes: list[str] = []
+    jobs, opts = plan_jobs(inputs, output, opts, recursive=recursive, notes=notes)
+    for line in notes:
+        if not quiet:
+            note(line)
     to_stdout = any(j.output == STDIO for j in jobs)
     if to_stdout and json_out:
         raise UsageError("--json and -o - both want stdout; write the image to a file with -o FILE")
@@ -79,7 +92,8 @@ def enhance(
     results = []
     run = run_record.new_run("enhance", model=loaded, options={
         "model": model, "weights": weights, "device": device, "precision": precision, "tile": tile, "output": output, "format": opts.format,
-        "quality": quality, "bit_depth": bit_depth, "suffix": suffix, "overwrite": overwrite,
+        "quality": quality, "bit_depth": bit_depth, "suffix": suffix, "overwrite": overwrite, "in_place": in_place,
+        "skip_existing": skip_existing, "recursive": recursive,
     }) if recording else None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn  # only once there is work
 
@@ -87,28 +101,45 @@ def enhance(
         label_column(), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=err_console, disable=not show_progress(quiet, json_out), transient=True,
     )
-    with progress:
-        task = progress.add_task("enhancing", total=len(jobs))
-        for result in run_batch(loaded, jobs, opts, stdin=stdin_bytes, stdout=sys.stdout.buffer, digests=recording):
-            results.append(result)
-            if json_out:
-                print(json.dumps(result.to_dict()), flush=True)
-            elif result.status == "ok" and result.output != STDIO:
-                print(result.output, flush=True)
-            if result.status == "ok":
-                ok += 1
-                message = warn_ood(result.input, stdin_bytes) if warn_ood and not quiet else None
-                if message:
-                    warning(f"{message}")
-            else:
-                failures.append(result.error or result.input)
-                if not json_out:
-                    error(f"{result.error}")
-            progress.update(task, advance=1, description=Path(result.input).name)
-    if not quiet and not json_out and len(jobs) > 1:
-        err_console.print(f"{ok} enhanced, {len(failures)} failed")
-    if run is not None:
-        for path in run_record.write_job_records(loaded, results, command="enhance", options={}, run=run):
-            if not quiet and not json_out:
-                note(f"run record: {path}")
+    skipped = 0
+    interrupted = False
+    try:
+        with progress:
+            task = progress.add_task("enhancing", total=len(jobs))
+            for result in run_batch(loaded, jobs, opts, stdin=stdin_bytes, stdout=sys.stdout.buffer, digests=recording):
+                results.append(result)
+                if json_out:
+                    print(json.dumps(result.to_dict()), flush=True)
+                elif result.status == "ok" and result.output != STDIO:
+                    print(result.output, flush=True)
+                if result.status == "ok":
+                    ok += 1
+                    if opts.in_place and result.output == result.input and not quiet and not json_out:
+                        note(f"{result.input}: replaced in place")
+                    message = warn_ood(result.input, stdin_bytes) if warn_ood and not quiet else None
+                    if message:
+                        warning(message)
+                elif result.status == "skipped":
+                    skipped += 1
+                    if not quiet and not json_out:
+                        note(f"skipped {result.input}: {result.output} exists")
+                else:
+                    failures.append(result.error or result.input)
+                    if not json_out:
+                        error(result.error or result.input)
+                progress.update(task, advance=1, description=Path(result.input).name)
+    except KeyboardInterrupt:
+        interrupted = True
+        # what was written is on stdout already; say where the batch stopped, keep its record, and
+        # let main() exit 130
+        say(f"interrupted after {len(results)} of {len(jobs)} inputs ({ok} written); "
+            "run again with --skip-existing to finish the rest")
+        raise
+    finally:
+        if not interrupted and not quiet and not json_out and len(jobs) > 1:
+            say(f"{ok} enhanced, {skipped} skipped, {len(failures)} failed" if skipped else f"{ok} enhanced, {len(failures)} failed")
+        if run is not None:
+            for path in run_record.write_job_records(loaded, results, command="enhance", options={}, run=run, interrupted=interrupted):
+                if not quiet and not json_out:
+                    note(f"run record: {path}")
     return 1 if failures else 0
