@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -52,6 +53,11 @@ __all__ = [
     "contact_sheet",
     "SampleOptions",
     "SampleJobResult",
+    "check_options",
+    "format_number",
+    "OutputName",
+    "parse_output_name",
+    "OWN_OUTPUT_STEM",
     "output_names",
     "normalise_format",
     "run_sample_job",
@@ -154,19 +160,19 @@ def sample_specs(n: int, taus: Sequence[float], offsets: Sequence[float]) -> lis
 
 def _check_values(n: int, taus: Sequence[float], offsets: Sequence[float], max_tries: int, max_out_of_range: float) -> None:
     if n < 1:
-        raise UsageError(f"--n {n}: draw at least one sample")
+        raise UsageError(f"--n {n}: must be a whole number >= 1 (samples per tau/offset pair)")
     if not taus or not offsets:
         raise UsageError("give at least one --tau and one --z-offset")
     for t in taus:
         if not math.isfinite(t) or t < 0:
-            raise UsageError(f"--tau {t}: must be a finite number >= 0 (the spread of the latent, 0 = the mean)")
+            raise UsageError(f"--tau {t:g}: must be a finite number >= 0 (the spread of the latent; 0 = its mean)")
     for o in offsets:
         if not math.isfinite(o):
-            raise UsageError(f"--z-offset {o}: must be a finite number")
+            raise UsageError(f"--z-offset {o:g}: must be a finite number (the paper sweeps -0.4 to 0.4)")
     if max_tries < 1:
-        raise UsageError(f"--max-tries {max_tries}: must be at least 1")
+        raise UsageError(f"--max-tries {max_tries}: must be a whole number >= 1")
     if not 0.0 <= max_out_of_range <= 1.0:
-        raise UsageError(f"--max-out-of-range {max_out_of_range}: must be a fraction between 0 and 1")
+        raise UsageError(f"--max-out-of-range {max_out_of_range:g}: must be a fraction between 0 and 1")
 
 
 _FLOW_METHODS = ("prepare", "condition", "latent_mean", "decode")
@@ -394,13 +400,31 @@ class SampleOptions:
     quality: int = 95
     bit_depth: int | None = None
     overwrite: bool = False
+    skip_existing: bool = False  # an input whose outputs all exist and read back as images is not drawn again
+
+
+def check_options(opts: SampleOptions) -> None:
+    """``UsageError`` naming the flag and its accepted range for any value a job would refuse.
+
+    Cheap (no file, no model): callers run it before any heavy work so that a typo fails at once.
+    """
+    _check_values(opts.n, opts.taus, opts.offsets, opts.max_tries, opts.max_out_of_range)
+    if opts.batch_size is not None and opts.batch_size < 1:
+        raise UsageError(f"--batch-size {opts.batch_size}: must be a whole number >= 1")
+    if opts.seed is not None and not 0 <= opts.seed < _MAX_SEED:
+        raise UsageError(f"--seed {opts.seed}: must be a whole number from 0 to 2**62 - 1")
+    if not 1 <= opts.quality <= 100:
+        raise UsageError(f"--quality {opts.quality}: must be a whole number from 1 to 100")
+    if opts.bit_depth not in (None, 8, 16):
+        raise UsageError(f"--bit-depth {opts.bit_depth}: must be 8 or 16")
 
 
 @dataclass
 class SampleJobResult:
     input: str
     model: str
-    status: str  # "ok" (all samples written), "partial" (some not written) or "error"
+    # "ok" (all samples written), "partial" (some not written), "skipped" (skip_existing found them all) or "error"
+    status: str
     error: str | None = None
     seed: int | None = None
     batch_size: int | None = None
@@ -434,21 +458,73 @@ def _fmt_off(o: float) -> str:
     return f"{o:+g}" if o != 0 else "0"
 
 
+def format_number(x: float) -> str:
+    """The shortest text that reads back (``float``) as exactly ``x``, made of ``0-9 . - e`` only.
+
+    ``1``, ``0.5``, ``-0.2``, ``1e-05``, ``1e16``: Python's shortest round-trip repr without the
+    ``.0`` of whole numbers and the ``+`` of exponents, which some tools treat specially in names.
+    """
+    x = float(x) + 0.0  # -0.0 and 0.0 are the same latent: one name
+    if not math.isfinite(x):
+        raise ValueError(f"{x} has no file-name form; tau and offset must be finite")
+    return repr(x).removesuffix(".0").replace("e+", "e")
+
+
+_NUMBER = r"-?\d+(?:\.\d+)?(?:e-?\d+)?"  # what format_number writes
+_SAMPLE_NAME = re.compile(
+    rf"^(?P<stem>.+)_(?:sample(?P<index>\d+)|mean)_tau(?P<tau>{_NUMBER})_off(?P<offset>{_NUMBER})(?P<suffix>\.[A-Za-z]\w*)?$"
+)
+# Stems of every file `lle sample` writes, today's names and the older ones whose tau/offset tags were
+# optional, so that sampling a folder again never takes earlier outputs for photos.
+OWN_OUTPUT_STEM = re.compile(r"_(?:sample\d+|mean)(?:_tau[^_]+)?(?:_off[^_]+)?$|_sheet(?:_tau[^_]+_off[^_]+)?$")
+_SHEET_TAG_MAX = 80  # characters per value list in a sheet's name; longer sweeps are named by their range
+
+
+@dataclass(frozen=True)
+class OutputName:
+    """What a sample's or mean's file name says: ``index`` is None for a mean."""
+
+    stem: str
+    index: int | None
+    tau: float
+    offset: float
+    suffix: str = ""
+
+
+def parse_output_name(name: str) -> OutputName | None:
+    """Read back ``<stem>_sample<j>_tau<t>_off<o>[.ext]`` or ``<stem>_mean_tau<t>_off<o>[.ext]``; None otherwise."""
+    m = _SAMPLE_NAME.match(name)
+    if m is None:
+        return None
+    index = int(m["index"]) if m["index"] is not None else None
+    return OutputName(m["stem"], index, float(m["tau"]), float(m["offset"]), m["suffix"] or "")
+
+
+def _pair_tag(tau: float, offset: float) -> str:
+    return f"_tau{format_number(tau)}_off{format_number(offset)}"
+
+
+def _list_tag(values: Sequence[float]) -> str:
+    text = ",".join(format_number(v) for v in values)
+    if len(text) <= _SHEET_TAG_MAX:
+        return text
+    return f"{format_number(min(values))}..{format_number(max(values))}"  # file names stop at 255 bytes
+
+
 def output_names(stem: str, suffix: str, opts: SampleOptions) -> tuple[list[str], dict[tuple[float, float], str], str | None]:
     """File names (no directory) of every sample, of each group's mean (if asked), and of the sheet.
 
-    ``<stem>_sample<j>[_tau<t>][_off<o>]``: the tau/offset tags appear when several values are given.
+    ``<stem>_sample<j>_tau<t>_off<o>``, ``<stem>_mean_tau<t>_off<o>`` and
+    ``<stem>_sheet_tau<t1,t2..>_off<o1,o2..>.png``, numbers as ``format_number`` writes them. Every
+    name carries its tau and offset, even when only one value of each is given, so runs with other
+    values into the same folder never collide; ``parse_output_name`` reads them back.
     """
     specs = sample_specs(opts.n, opts.taus, opts.offsets)
     width = max(2, len(str(opts.n - 1)))
-
-    def tags(t: float, o: float) -> str:
-        out = f"_tau{_fmt_tau(t)}" if len(opts.taus) > 1 else ""
-        return out + (f"_off{_fmt_off(o)}" if len(opts.offsets) > 1 else "")
-
-    samples = [f"{stem}_sample{j:0{width}d}{tags(t, o)}{suffix}" for j, t, o in specs]
-    means = {(t, o): f"{stem}_mean{tags(t, o)}{suffix}" for t in opts.taus for o in opts.offsets} if opts.mean else {}
-    return samples, means, (f"{stem}_sheet.png" if opts.sheet else None)
+    samples = [f"{stem}_sample{j:0{width}d}{_pair_tag(t, o)}{suffix}" for j, t, o in specs]
+    means = {(t, o): f"{stem}_mean{_pair_tag(t, o)}{suffix}" for t in opts.taus for o in opts.offsets} if opts.mean else {}
+    sheet = f"{stem}_sheet_tau{_list_tag(opts.taus)}_off{_list_tag(opts.offsets)}.png" if opts.sheet else None
+    return samples, means, sheet
 
 
 def _label(s: Sample) -> str:
@@ -481,6 +557,17 @@ def _encode_png(rgb_u8: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _complete(path: Path) -> bool:
+    """Whether ``path`` is a finished output: an image that decodes, not a truncated or foreign file."""
+    if not path.is_file():
+        return False
+    try:
+        read_image(path)
+    except LLEError:
+        return False
+    return True
+
+
 def run_sample_job(
     model: LoadedModel,
     input: str,
@@ -493,17 +580,35 @@ def run_sample_job(
     """Read one image, draw its samples and write them (plus mean and sheet); errors become the result.
 
     Every output path is checked before any work: existing files are never replaced without
-    ``overwrite``. Non-finite samples are not written (their entry has ``output: None``).
+    ``overwrite``. Non-finite samples are not written (their entry has ``output: None``). With
+    ``skip_existing``, an input whose outputs all exist and read back as images is not drawn again
+    (status ``skipped``). An interrupt (``KeyboardInterrupt``) removes the files this job wrote,
+    then propagates: an input is on disk whole or not at all.
     """
     start = time.perf_counter()
     res = SampleJobResult(input=input, model=model.name, status="error")
+    written: list[Path] = []
     try:
+        check_options(opts)
         pic = read_image(stdin if stdin is not None else b"", name="<stdin>") if input == "-" else read_image(input)
         fmt = normalise_format(opts.format) or (pic.format if input != "-" and pic.format in _SUFFIXES else "PNG")
         stem = "stdin" if input == "-" else Path(input).stem
         folder = Path(out_dir) if out_dir is not None else (Path.cwd() if input == "-" else Path(input).parent)
         names, mean_names, sheet_name = output_names(stem, _SUFFIXES[fmt], opts)
         planned = [folder / p for p in [*names, *mean_names.values(), *([sheet_name] if sheet_name else [])]]
+        if opts.skip_existing and input != "-":  # piped bytes may be another image under the same name
+            incomplete = next((p for p in planned if not _complete(p)), None)
+            if incomplete is None:
+                res.status = "skipped"
+                res.seconds = round(time.perf_counter() - start, 4)
+                return res
+            present = sum(os.path.lexists(p) for p in planned)
+            if present and not opts.overwrite:
+                # a mix of old and new files would look like one run's output and be neither
+                raise OutputExistsError(
+                    f"{input}: {present} of its {len(planned)} outputs exist but {incomplete} is missing or unreadable "
+                    "(a run that stopped part way, or a non-finite sample); pass --overwrite to draw this input again"
+                )
         if not opts.overwrite:
             clash = next((p for p in planned if os.path.lexists(p)), None)
             if clash is not None:
@@ -519,6 +624,7 @@ def run_sample_job(
         def write(path: Path, rgb: np.ndarray) -> None:
             data = encode_image(pic.with_rgb(np.clip(rgb, 0.0, 1.0)), fmt, quality=opts.quality, bit_depth=opts.bit_depth)
             write_bytes_atomic(path, data, overwrite=opts.overwrite)
+            written.append(path)
 
         for s, name in zip(drawn.samples, names):
             path = folder / name
@@ -540,6 +646,7 @@ def run_sample_job(
             grid = contact_sheet([s.image for s in drawn.samples], [_label(s) for s in drawn.samples],
                                  rows=_sheet_rows(drawn.samples), flagged=[s.bad for s in drawn.samples])
             write_bytes_atomic(folder / sheet_name, _encode_png(grid), overwrite=opts.overwrite)
+            written.append(folder / sheet_name)
             res.sheet = str(folder / sheet_name)
         res.status = "ok" if all(s.finite for s in drawn.samples) else "partial"
         if res.status == "partial":
@@ -550,6 +657,12 @@ def run_sample_job(
         res.error = str(e)
     except OSError as e:
         res.error = f"{input}: {e.strerror or e}"
+    except BaseException:
+        # Ctrl-C between two writes: the caller has printed none of these files, and --skip-existing
+        # must find this input absent (redrawn whole), not half done
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
     res.seconds = round(time.perf_counter() - start, 4)
     return res
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from lle_cli import api
+from lle_cli import api, sampling
+from lle_cli.cli import sample as sample_cmd
 from lle_cli.cli.main import main
 from lle_cli.errors import UsageError
 from lle_cli.models import build_model, load_state_strict
@@ -18,7 +22,18 @@ from lle_cli.models.llflow import LLFlow, LLFlowConfig
 from lle_cli.record import read_runs
 from lle_cli.registry import get_registry
 from lle_cli.runner import LoadedModel
-from lle_cli.sampling import contact_sheet, output_names, sample_array, sample_stats, SampleOptions
+from lle_cli.sampling import (
+    OutputName,
+    SampleOptions,
+    contact_sheet,
+    format_number,
+    output_names,
+    parse_output_name,
+    run_sample_job,
+    sample_array,
+    sample_specs,
+    sample_stats,
+)
 from lle_cli.weights import load_upstream_checkpoint, save_safetensors, sha256_file
 
 from .conftest import shared_path
@@ -184,11 +199,53 @@ def test_contact_sheet_shows_non_finite_pixels_in_magenta() -> None:
     assert not np.any(np.all(sheet == [0, 0, 0], axis=2))  # nothing painted black
 
 
-def test_output_names() -> None:
+def test_output_names_always_carry_tau_and_offset() -> None:
     names, means, sheet = output_names("pic", ".png", SampleOptions(n=2, taus=(0.5,), offsets=(0.0,), mean=True))
-    assert names == ["pic_sample00.png", "pic_sample01.png"] and means == {(0.5, 0.0): "pic_mean.png"} and sheet == "pic_sheet.png"
-    names, _, _ = output_names("p", ".jpg", SampleOptions(n=1, taus=(0.0, 1.0), offsets=(-0.4, 0.2), sheet=False))
-    assert names == ["p_sample00_tau0_off-0.4.jpg", "p_sample00_tau0_off+0.2.jpg", "p_sample00_tau1_off-0.4.jpg", "p_sample00_tau1_off+0.2.jpg"]
+    assert names == ["pic_sample00_tau0.5_off0.png", "pic_sample01_tau0.5_off0.png"]
+    assert means == {(0.5, 0.0): "pic_mean_tau0.5_off0.png"} and sheet == "pic_sheet_tau0.5_off0.png"
+    names, _, sheet = output_names("p", ".jpg", SampleOptions(n=1, taus=(0.0, 1.0), offsets=(-0.4, 0.2), sheet=False))
+    assert names == ["p_sample00_tau0_off-0.4.jpg", "p_sample00_tau0_off0.2.jpg", "p_sample00_tau1_off-0.4.jpg", "p_sample00_tau1_off0.2.jpg"]
+    assert sheet is None
+    # a run with one other tau (or offset) names every file differently: nothing to collide with
+    one = output_names("p", ".png", SampleOptions(n=3, taus=(1.0,), mean=True))
+    other = output_names("p", ".png", SampleOptions(n=3, taus=(0.0,), mean=True))
+    shifted = output_names("p", ".png", SampleOptions(n=3, taus=(1.0,), offsets=(-0.2,), mean=True))
+    files = [[*a, *b.values(), c] for a, b, c in (one, other, shifted)]
+    assert len({f for fs in files for f in fs}) == sum(len(fs) for fs in files)
+
+
+def test_format_number_round_trips_in_file_name_safe_characters() -> None:
+    values = [0.0, 1.0, 0.5, -0.2, 0.1 + 0.2, 1 / 3, 1e-05, -1.5e-07, 2.5e17, 123456789.125, 4.0, -3.0]
+    for v in values:
+        text = format_number(v)
+        assert float(text) == v and re.fullmatch(r"-?[0-9.e-]+", text), (v, text)
+    assert [format_number(v) for v in (1.0, 0.5, -0.2, -0.0, 1e-05, 2.5e17)] == ["1", "0.5", "-0.2", "0", "1e-05", "2.5e17"]
+    with pytest.raises(ValueError):
+        format_number(float("nan"))
+
+
+def test_output_names_parse_back_and_are_known_as_outputs() -> None:
+    taus, offsets = (0.0, 1.0, 0.5, 0.1 + 0.2, 1e-05, 2.5e17), (-0.2, 0.0, 0.4, -1.5e-07, -3.0)
+    opts = SampleOptions(n=11, taus=taus, offsets=offsets, mean=True)
+    stem = "trip_sample01_tau2_photo"  # looks like an output itself: the name's tail decides
+    names, means, sheet = output_names(stem, ".tif", opts)
+    assert len(set(names)) == len(names)
+    for name, (j, t, o) in zip(names, sample_specs(opts.n, taus, offsets), strict=True):
+        assert parse_output_name(name) == OutputName(stem, j, t, o, ".tif")
+        assert re.fullmatch(r"[\w.,-]+", name) and sample_cmd._OWN_OUTPUT.search(Path(name).stem)
+    for (t, o), name in means.items():
+        assert parse_output_name(name) == OutputName(stem, None, t, o, ".tif")
+        assert sample_cmd._OWN_OUTPUT.search(Path(name).stem)
+    assert sample_cmd._OWN_OUTPUT.search(Path(sheet).stem) and parse_output_name(sheet) is None
+    assert parse_output_name("p_sample3_tau1_off0") == OutputName("p", 3, 1.0, 0.0, "")
+    # names of earlier versions are outputs too; photos are not
+    for old in ("dark_sample00", "dark_sample00_tau0.5", "dark_sample01_off+0.2", "dark_mean", "dark_sheet"):
+        assert sample_cmd._OWN_OUTPUT.search(old), old
+    for photo in ("dark", "beach_sampler", "meanwhile", "dark_sheets", "holiday_mean_2"):
+        assert not sample_cmd._OWN_OUTPUT.search(photo) and parse_output_name(photo + ".png") is None, photo
+    # a long sweep still gives a sheet name well under the 255-byte limit of file systems
+    _, _, sheet = output_names("p", ".png", SampleOptions(taus=(1.0,), offsets=tuple(i / 100 - 0.5 for i in range(101))))
+    assert len(sheet) < 120 and sample_cmd._OWN_OUTPUT.search(Path(sheet).stem)
 
 
 @pytest.mark.parity
@@ -247,15 +304,16 @@ def test_cli_writes_samples_mean_sheet_and_json(capsys, photos, small_weights, t
     result = json.loads(out)
     assert result["status"] == "ok" and result["seed"] == 5 and result["model"] == "llflow.lol-small"
     names = sorted(p.name for p in out_dir.iterdir())
+    sheet = "dark_sheet_tau0.5,1_off-0.2.png"
     assert names == sorted([
-        "dark_sample00_tau0.5.png", "dark_sample01_tau0.5.png", "dark_sample00_tau1.png", "dark_sample01_tau1.png",
-        "dark_mean_tau0.5.png", "dark_mean_tau1.png", "dark_sheet.png", "lle-run.json",
+        "dark_sample00_tau0.5_off-0.2.png", "dark_sample01_tau0.5_off-0.2.png", "dark_sample00_tau1_off-0.2.png",
+        "dark_sample01_tau1_off-0.2.png", "dark_mean_tau0.5_off-0.2.png", "dark_mean_tau1_off-0.2.png", sheet, "lle-run.json",
     ])
     # the run record names every written sample with its seed and the input's sha256
     run_ = read_runs(out_dir)[-1]
     assert run_["command"] == "sample" and run_["model"]["name"] == "llflow.lol-small"
     recorded = {o["file"]: o for o in run_["outputs"]}
-    assert recorded["dark_sample01_tau1.png"]["seed"] == 6 and recorded["dark_sample01_tau1.png"]["tau"] == 1.0
+    assert recorded["dark_sample01_tau1_off-0.2.png"]["seed"] == 6 and recorded["dark_sample01_tau1_off-0.2.png"]["tau"] == 1.0
     assert all(o["input_sha256"] == sha256_file(photos / "dark.png") for o in run_["outputs"])
     assert len(recorded) == 6  # four samples and two means (the sheet is a picture of them)
     s = result["samples"]
@@ -273,8 +331,8 @@ def test_cli_writes_samples_mean_sheet_and_json(capsys, photos, small_weights, t
     assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == before
     code, _, _ = run(capsys, *args, "--overwrite")
     assert code == 0
-    assert {p.name: p.read_bytes() for p in out_dir.iterdir() if p.name not in ("dark_sheet.png", "lle-run.json")} == {
-        k: v for k, v in before.items() if k not in ("dark_sheet.png", "lle-run.json")
+    assert {p.name: p.read_bytes() for p in out_dir.iterdir() if p.name not in (sheet, "lle-run.json")} == {
+        k: v for k, v in before.items() if k not in (sheet, "lle-run.json")
     }
 
 
@@ -292,8 +350,8 @@ def test_cli_never_writes_non_finite_samples(capsys, photos, small_weights, tmp_
     code, out, err = run(capsys, "sample", photos / "dark.png", "-m", "llflow.lol-small", "-w", small_weights, "-o", out_dir,
                          "--n", "2", "--seed", "0", "--no-sheet", "--max-out-of-range", "0.5", "-q")
     assert code == 1 and "non-finite" in err and "--resample-bad" in err
-    assert sorted(p.name for p in out_dir.iterdir()) == ["dark_sample01.png", "lle-run.json"]
-    assert out.split() == [str(out_dir / "dark_sample01.png")]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["dark_sample01_tau1_off0.png", "lle-run.json"]
+    assert out.split() == [str(out_dir / "dark_sample01_tau1_off0.png")]
 
 
 def test_cli_usage_errors(capsys, photos, small_weights) -> None:
@@ -306,8 +364,123 @@ def test_cli_usage_errors(capsys, photos, small_weights) -> None:
 
 
 def test_cli_skips_its_own_outputs_in_a_folder(capsys, photos, small_weights) -> None:
+    (photos / "dark_sample00.png").write_bytes((photos / "dark.png").read_bytes())  # what older versions named a sample
     args = ["sample", photos, "-m", "llflow.lol-small", "-w", small_weights, "--n", "1", "--seed", "0", "-q", "--max-out-of-range", "1"]
     assert run(capsys, *args)[0] == 0
     code, out, _ = run(capsys, *args, "--overwrite")  # a second run samples dark.png again, not its samples
-    assert code == 0 and sorted(Path(p).name for p in out.split()) == ["dark_sample00.png", "dark_sheet.png"]
-    assert sorted(p.name for p in photos.iterdir()) == ["dark.png", "dark_sample00.png", "dark_sheet.png"]
+    assert code == 0 and sorted(Path(p).name for p in out.split()) == ["dark_sample00_tau1_off0.png", "dark_sheet_tau1_off0.png"]
+    assert sorted(p.name for p in photos.iterdir()) == ["dark.png", "dark_sample00.png", "dark_sample00_tau1_off0.png", "dark_sheet_tau1_off0.png"]
+
+
+def test_cli_runs_with_other_tau_or_offset_share_a_folder(capsys, photos, small_weights, tmp_path) -> None:
+    out_dir = tmp_path / "out"
+    base = ["sample", photos / "dark.png", "-m", "llflow.lol-small", "-w", small_weights, "-o", out_dir,
+            "--n", "1", "--seed", "0", "--max-out-of-range", "1", "--mean", "-q"]
+    for values in (["--tau", "1"], ["--tau", "0"], ["--tau", "1", "--z-offset", "-0.2"]):
+        code, _, err = run(capsys, *base, *values)
+        assert code == 0, err
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted([
+        f"dark_{kind}_tau{t}_off{o}.png" for t, o in (("1", "0"), ("0", "0"), ("1", "-0.2")) for kind in ("sample00", "mean", "sheet")
+    ] + ["lle-run.json"])
+    assert [[o["tau"] for o in r["outputs"] if "tau" in o] for r in read_runs(out_dir)] == [[1.0], [0.0], [1.0]]
+
+
+@pytest.mark.parametrize(("values", "flag", "accepted"), [
+    (["--tau", "nan"], "--tau nan", ">= 0"),
+    (["--tau", "inf"], "--tau inf", ">= 0"),
+    (["--tau", "-1"], "--tau -1", ">= 0"),
+    (["--tau", "0.5,1e999"], "--tau inf", ">= 0"),
+    (["--z-offset", "nan"], "--z-offset nan", "finite number"),
+    (["--z-offset", "-inf"], "--z-offset -inf", "finite number"),
+    (["--n", "0"], "--n 0", ">= 1"),
+    (["--n", "-3"], "--n -3", ">= 1"),
+])
+def test_cli_refuses_bad_values_before_loading_a_model(capsys, monkeypatch, photos, values, flag, accepted) -> None:
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded before the options were checked")
+
+    monkeypatch.setattr(sample_cmd.api, "load_model", no_model)
+    monkeypatch.setattr(sample_cmd, "run_sample_job", no_model)
+    start = time.perf_counter()
+    code, out, err = run(capsys, "sample", photos / "dark.png", *values)
+    assert code == 2 and out == "" and time.perf_counter() - start < 5
+    assert err.splitlines() == [err.strip()] and err.startswith(f"Error: {flag}: ") and accepted in err, err
+
+
+def _three_photos(tmp_path: Path, rng: np.random.Generator) -> Path:
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a", "b", "c"):
+        Image.fromarray((rng.random((12, 18, 3)) * 70).astype(np.uint8)).save(src / f"{name}.png")
+    return src
+
+
+def test_cli_interrupted_batch_is_recorded_and_resumed_with_skip_existing(capsys, monkeypatch, small_weights, tmp_path, rng) -> None:
+    src, out_dir = _three_photos(tmp_path, rng), tmp_path / "out"
+    args = ["sample", src, "-m", "llflow.lol-small", "-w", small_weights, "-o", out_dir,
+            "--n", "1", "--seed", "0", "--max-out-of-range", "1", "--no-sheet"]
+    real, calls = sample_cmd.run_sample_job, []
+
+    def ctrl_c_on_second(model, path, *rest, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(model, path, *rest, **kwargs)
+
+    monkeypatch.setattr(sample_cmd, "run_sample_job", ctrl_c_on_second)
+    code, out, err = run(capsys, *args)
+    done = out_dir / "a_sample00_tau1_off0.png"
+    assert code == 130 and out.split() == [str(done)]
+    assert "interrupted after 1 of 3 inputs" in err and err.count("interrupted") == 1
+    assert sorted(p.name for p in out_dir.iterdir()) == [done.name, "lle-run.json"]
+    (record,) = read_runs(out_dir)
+    assert record["interrupted"] is True and (record["inputs_finished"], record["inputs_total"]) == (1, 3)
+    assert [(o["file"], o["input"]) for o in record["outputs"]] == [(done.name, str(src / "a.png"))]
+
+    monkeypatch.setattr(sample_cmd, "run_sample_job", real)
+    first = done.stat()
+    code, out, err = run(capsys, *args, "--skip-existing", "--json")
+    assert code == 0, err
+    results = [json.loads(line) for line in out.splitlines()]
+    assert [(r["input"], r["status"]) for r in results] == [(str(src / f"{x}.png"), s) for x, s in zip("abc", ["skipped", "ok", "ok"])]
+    assert [s["output"] for r in results for s in r["samples"]] == [str(out_dir / f"{x}_sample00_tau1_off0.png") for x in "bc"]
+    assert (done.stat().st_ino, done.stat().st_mtime_ns) == (first.st_ino, first.st_mtime_ns)  # not redrawn
+    resumed = read_runs(out_dir)[-1]
+    assert "interrupted" not in resumed and [o["input"] for o in resumed["outputs"]] == [str(src / "b.png"), str(src / "c.png")]
+
+
+def test_skip_existing_redraws_an_input_whose_outputs_are_incomplete(capsys, photos, small_weights, tmp_path) -> None:
+    out_dir = tmp_path / "out"
+    args = ["sample", photos / "dark.png", "-m", "llflow.lol-small", "-w", small_weights, "-o", out_dir,
+            "--n", "2", "--seed", "0", "--max-out-of-range", "1", "--no-sheet", "--skip-existing"]
+    assert run(capsys, *args)[0] == 0
+    cut = out_dir / "dark_sample01_tau1_off0.png"
+    cut.write_bytes(cut.read_bytes()[:60])  # a file cut short by a crash of some older writer
+    (out_dir / ".dark_sample00_tau1_off0.png.1a2b3c4d.part").write_bytes(b"\x89PNG")  # a killed writer's leftover
+    before = {p.name: p.read_bytes() for p in out_dir.iterdir()}
+    code, out, err = run(capsys, *args)
+    assert code == 1 and out == "" and f"{cut} is missing or unreadable" in err and "--overwrite" in err
+    assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == before
+    code, out, _ = run(capsys, *args, "--overwrite")
+    assert code == 0 and sorted(out.split()) == [str(out_dir / "dark_sample00_tau1_off0.png"), str(cut)]
+    assert np.asarray(Image.open(cut)).shape == (20, 30, 3)
+    code, out, err = run(capsys, *args)
+    assert code == 0 and out == "" and f"{photos / 'dark.png'}: skipped, its outputs all exist" in err
+    assert len(read_runs(out_dir)) == 2  # a run that wrote nothing adds no record
+
+
+def test_an_interrupted_job_leaves_none_of_its_files(tiny, tmp_path, monkeypatch) -> None:
+    src = tmp_path / "dark.png"
+    Image.fromarray(np.full((9, 14, 3), 40, np.uint8)).save(src)
+    real, writes = sampling.write_bytes_atomic, []
+
+    def ctrl_c_on_second_write(path, data, **kwargs):
+        writes.append(path)
+        if len(writes) == 2:
+            raise KeyboardInterrupt
+        real(path, data, **kwargs)
+
+    monkeypatch.setattr(sampling, "write_bytes_atomic", ctrl_c_on_second_write)
+    with pytest.raises(KeyboardInterrupt):
+        run_sample_job(tiny, str(src), tmp_path / "out", SampleOptions(n=3, seed=0, max_out_of_range=1.0, sheet=False))
+    assert len(writes) == 2 and os.listdir(tmp_path / "out") == []

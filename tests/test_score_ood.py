@@ -392,6 +392,6 @@ def test_enhance_and_sample_warn_above_the_threshold_without_changing_outputs(ca
     assert code == 0 and "unlike" not in err
     code, _, err = run(capsys, "sample", c.test / "odd.png", *m, "-o", tmp_path / "s", "--n", "1", "--seed", "0",
                        "--max-out-of-range", "1", "--no-sheet", "--ood-stats", c.stats)
-    assert "odd.png: unlike" in err and (tmp_path / "s" / "odd_sample00.png").is_file()
+    assert "odd.png: unlike" in err and (tmp_path / "s" / "odd_sample00_tau1_off0.png").is_file()
     code, _, err = run(capsys, "enhance", c.test / "odd.png", "-o", tmp_path / "z.png", "--ood-stats", c.stats)
     assert code == 2 and "not an LLFlow-family model" in err

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -22,7 +21,9 @@ from ..batch import STDIO, expand_inputs
 from ..errors import UsageError
 from ..ood import ood_warner
 from ..sampling import (
+    OWN_OUTPUT_STEM,
     SampleOptions,
+    check_options,
     ensure_flow_model,
     normalise_format,
     run_sample_job,
@@ -45,7 +46,8 @@ from ._common import (
 
 # the RQ-spline LLFlow embedded in the wheel: `lle sample` works offline with no download
 DEFAULT_MODEL = "llflow.lle-synth-rqs"
-_OWN_OUTPUT = re.compile(r"_(sample\d+|mean)(_tau[^_]+)?(_off[^_]+)?$|_sheet$")
+# the library's pattern, so that a change of output names cannot leave this one behind
+_OWN_OUTPUT = OWN_OUTPUT_STEM
 
 
 def _numbers(values: list[str], flag: str) -> tuple[float, ...]:
@@ -59,7 +61,8 @@ def _numbers(values: list[str], flag: str) -> tuple[float, ...]:
             try:
                 out.append(float(part))
             except ValueError:
-                raise UsageError(f"{flag} {part!r}: not a number") from None
+                accepted = "finite numbers >= 0" if flag == "--tau" else "finite numbers"
+                raise UsageError(f"{flag} {part!r}: not a number; give {accepted}") from None
     return tuple(dict.fromkeys(out))  # repeated values would only overwrite each other's files
 
 
@@ -68,12 +71,13 @@ def sample(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output directory (created if missing). Default: beside each input.")] = None,
     model: Annotated[str, typer.Option("--model", "-m", help="A flow model (see `lle models list`).")] = DEFAULT_MODEL,
     weights: WeightsOpt = None,
-    n: Annotated[int, typer.Option("--n", "-n", min=1, help="Samples per (tau, offset) pair; tau 0 is deterministic and drawn once.")] = 4,
+    # no min=1 here: click's range error comes with a usage block; check_options says it in one line
+    n: Annotated[int, typer.Option("--n", "-n", help="Samples per (tau, offset) pair, >= 1; tau 0 is deterministic and drawn once.")] = 4,
     tau: Annotated[list[str], typer.Option("--tau", "-t", help="Spread of the latent (temperature); repeat or comma-separate for several.")] = ["1.0"],  # noqa: B006
     z_offset: Annotated[list[str], typer.Option("--z-offset", help="Constant added to the latent: brightness (paper Fig. 6 sweeps -0.4..0.4); repeat or comma-separate.")] = ["0"],  # noqa: B006
     seed: Annotated[Optional[int], typer.Option("--seed", "-s", help="Base seed: sample j uses seed + j. Default: random, and reported.")] = None,
     mean: Annotated[bool, typer.Option("--mean", help="Also write the mean of the samples of each (tau, offset).")] = False,
-    sheet: Annotated[bool, typer.Option("--sheet/--no-sheet", help="Write a contact sheet <stem>_sheet.png with every sample and its tau/offset/seed.")] = True,
+    sheet: Annotated[bool, typer.Option("--sheet/--no-sheet", help="Write a contact sheet <stem>_sheet_tau<t,..>_off<o,..>.png with every sample and its tau/offset/seed.")] = True,
     resample_bad: Annotated[bool, typer.Option("--resample-bad", help="Redraw samples that are non-finite or out of range (new seeds are recorded).")] = False,
     max_tries: Annotated[int, typer.Option("--max-tries", min=1, help="Draws per sample with --resample-bad, the first included.")] = 5,
     max_out_of_range: Annotated[float, typer.Option("--max-out-of-range", help="A sample with more than this fraction of values outside [-0.5, 1.5] is flagged.")] = 0.01,
@@ -84,6 +88,9 @@ def sample(
     quality: Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG/WebP quality.")] = 95,
     bit_depth: Annotated[Optional[int], typer.Option("--bit-depth", help="8 or 16 (PNG/TIFF); default: the input's.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
+    skip_existing: Annotated[
+        bool, typer.Option("--skip-existing", help="Skip inputs whose outputs all exist and are readable images (resume an interrupted batch).")
+    ] = False,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
     record: Annotated[
@@ -96,23 +103,17 @@ def sample(
 ) -> int:
     """Draw diverse enhancements: z = g(x) + tau * eps + offset, decoded by the flow (LLFlow).
 
-    Writes <stem>_sample<j>[_tau<t>][_off<o>] per sample, <stem>_mean... with --mean and a contact sheet <stem>_sheet.png. The encoder runs once per image however many samples are drawn.
+    Writes <stem>_sample<j>_tau<t>_off<o> per sample (e.g. dark_sample03_tau0.5_off-0.2.png), <stem>_mean_tau<t>_off<o> with --mean and a contact sheet <stem>_sheet_tau<t,..>_off<o,..>.png. The encoder runs once per image however many samples are drawn.
 
-    Exit code 0: all written, 1: an input failed or a sample was non-finite (never written), 2: usage error.
+    Exit code 0: all written or skipped, 1: an input failed or a sample was non-finite (never written), 2: usage error, 130: interrupted (a run record covers the inputs finished; --skip-existing resumes).
     """
-    if bit_depth not in (None, 8, 16):
-        raise UsageError("--bit-depth must be 8 or 16")
     opts = SampleOptions(
         n=n, taus=_numbers(tau, "--tau"), offsets=_numbers(z_offset, "--z-offset"), seed=seed, mean=mean,
         sheet=sheet, resample_bad=resample_bad, max_tries=max_tries, max_out_of_range=max_out_of_range,
         batch_size=batch_size, format=normalise_format(fmt), quality=quality, bit_depth=bit_depth, overwrite=overwrite,
+        skip_existing=skip_existing,
     )
-    if not opts.taus or not opts.offsets:
-        raise UsageError("give at least one value to --tau and --z-offset")
-    if any(t < 0 for t in opts.taus):
-        raise UsageError("--tau must be >= 0")
-    if not 0.0 <= max_out_of_range <= 1.0:
-        raise UsageError(f"--max-out-of-range {max_out_of_range}: must be a fraction between 0 and 1")
+    check_options(opts)  # every value, before an input is read or a model loaded
     if output is not None and output.exists() and not output.is_dir():
         raise UsageError(f"-o {output}: must be a directory (lle sample writes several files per image)")
     if not inputs:
@@ -137,65 +138,87 @@ def sample(
     recording = record if record is not None else (output is not None or len(jobs) > 1)
     results = []
     failed = 0
-    with progress:
-        for path, problem in jobs:
-            if problem:
-                failed += 1
-                if json_out:
-                    print(json.dumps({"input": path, "model": loaded.name, "status": "error", "error": problem}), flush=True)
-                else:
-                    error(problem)
-                continue
-            message = warn_ood(path, stdin_bytes) if warn_ood and not quiet else None
-            if message:
-                warning(f"{message}")
-            task = progress.add_task(Path(path).name if path != STDIO else "stdin", total=None)
-            result = run_sample_job(
-                loaded, path, output, opts, stdin=stdin_bytes,
-                progress=lambda done, total, task=task: progress.update(task, completed=done, total=total),
-            )
-            progress.remove_task(task)
-            results.append((path, result))
-            if result.status != "ok":
-                failed += 1
-            if json_out:
-                print(json.dumps(result.to_dict()), flush=True)
-                continue
-            for s in result.samples:
-                if s["output"]:
-                    print(s["output"], flush=True)
-            for m in result.means:
-                if m["output"]:
-                    print(m["output"], flush=True)
-            if result.sheet:
-                print(result.sheet, flush=True)
-            if quiet:
-                if result.error:
-                    error(f"{result.error}")
-                continue
-            for s in result.samples:
-                if s["rejected_seeds"]:
-                    say(f"redrew sample {s['index']} (tau {s['tau']:g}, offset {s['offset']:g}): "
-                        f"seeds {s['rejected_seeds']} were bad, now seed {s['seed']}", "yellow")
-                if s["status"] == "out_of_range":
-                    warning(f"{path}: sample {s['index']} (tau {s['tau']:g}, offset {s['offset']:g}) "
-                            f"has {s['out_of_range_fraction']:.1%} of its values outside [-0.5, 1.5] (clipped when written)")
-            if result.error:
-                error(f"{result.error}")
-            elif result.seed is not None and seed is None:
-                note(f"{path}: seed {result.seed} (pass --seed {result.seed} to reproduce)")
+    finished = 0  # inputs fully handled (written, skipped or failed): what an interrupt reports
+    interrupted = False
+    try:
+        with progress:
+            for finished, (path, problem) in enumerate(jobs):
+                if problem:
+                    failed += 1
+                    if json_out:
+                        print(json.dumps({"input": path, "model": loaded.name, "status": "error", "error": problem}), flush=True)
+                    else:
+                        error(problem)
+                    continue
+                message = warn_ood(path, stdin_bytes) if warn_ood and not quiet else None
+                if message:
+                    warning(f"{message}")
+                task = progress.add_task(Path(path).name if path != STDIO else "stdin", total=None)
+                result = run_sample_job(
+                    loaded, path, output, opts, stdin=stdin_bytes,
+                    progress=lambda done, total, task=task: progress.update(task, completed=done, total=total),
+                )
+                progress.remove_task(task)
+                if result.status == "skipped":
+                    if json_out:
+                        print(json.dumps(result.to_dict()), flush=True)
+                    elif not quiet:
+                        note(f"{path}: skipped, its outputs all exist (--skip-existing)")
+                    continue
+                results.append((path, result))
+                if result.status != "ok":
+                    failed += 1
+                _report(result, path, quiet=quiet, json_out=json_out, seeded=seed is not None)
+            finished = len(jobs)
+    except KeyboardInterrupt:
+        interrupted = True
+    if interrupted:
+        error(f"interrupted after {finished} of {len(jobs)} inputs; run the same command with --skip-existing to finish the rest")
     if recording:
         _write_records(loaded, results, stdin_bytes, options={
             "n": n, "tau": list(opts.taus), "z_offset": list(opts.offsets), "mean": mean, "resample_bad": resample_bad,
             "max_out_of_range": max_out_of_range, "precision": precision, "weights": str(weights) if weights else None,
-        })
+            "skip_existing": skip_existing,
+        }, **({"interrupted": True, "inputs_finished": finished, "inputs_total": len(jobs)} if interrupted else {}))
+    if interrupted:
+        raise typer.Exit(130)  # main() maps KeyboardInterrupt to 130 too, but would print a second line
     return 1 if failed else 0
 
 
-def _write_records(loaded, results, stdin_bytes: bytes | None, *, options: dict) -> None:
+def _report(result, path: str, *, quiet: bool, json_out: bool, seeded: bool) -> None:
+    """A finished input: its written files on stdout (or its JSON), redraws, flags and errors on stderr."""
+    if json_out:
+        print(json.dumps(result.to_dict()), flush=True)
+        return
+    for s in result.samples:
+        if s["output"]:
+            print(s["output"], flush=True)
+    for m in result.means:
+        if m["output"]:
+            print(m["output"], flush=True)
+    if result.sheet:
+        print(result.sheet, flush=True)
+    if quiet:
+        if result.error:
+            error(f"{result.error}")
+        return
+    for s in result.samples:
+        if s["rejected_seeds"]:
+            say(f"redrew sample {s['index']} (tau {s['tau']:g}, offset {s['offset']:g}): "
+                f"seeds {s['rejected_seeds']} were bad, now seed {s['seed']}", "yellow")
+        if s["status"] == "out_of_range":
+            warning(f"{path}: sample {s['index']} (tau {s['tau']:g}, offset {s['offset']:g}) "
+                    f"has {s['out_of_range_fraction']:.1%} of its values outside [-0.5, 1.5] (clipped when written)")
+    if result.error:
+        error(f"{result.error}")
+    elif result.seed is not None and not seeded:
+        note(f"{path}: seed {result.seed} (pass --seed {result.seed} to reproduce)")
+
+
+def _write_records(loaded, results, stdin_bytes: bytes | None, *, options: dict, **run_fields) -> None:
     """One run record per output folder: every written sample with its input's sha256, seed, tau and offset."""
     base = run_record.new_run("sample", model=loaded, options=options)
-    run_record.finish_run(base)
+    run_record.finish_run(base, **run_fields)
     by_dir: dict[Path, dict] = {}
     for path, result in results:  # partly failed inputs too: what was written is recorded
         in_sha = run_record.sha256_bytes(stdin_bytes) if path == STDIO and stdin_bytes is not None else sha256_file(Path(path))
