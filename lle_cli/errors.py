@@ -16,6 +16,8 @@ __all__ = [
     "DownloadError",
     "OfflineError",
     "OutputExistsError",
+    "OutputError",
+    "NonFiniteError",
     "DeviceError",
 ]
 
@@ -30,8 +32,16 @@ class InputError(LLEError):
     """An input file is missing, unreadable, truncated or not an image."""
 
 
-class OutputExistsError(LLEError):
+class OutputError(LLEError):
+    """An output cannot be written (missing or unwritable folder, disk full); the input was fine."""
+
+
+class OutputExistsError(OutputError):
     """Refusing to overwrite an existing file without ``--overwrite``."""
+
+
+class NonFiniteError(LLEError):
+    """A model produced Inf/NaN for this input; nothing was written."""
 
 
 class UsageError(LLEError):

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageCms, UnidentifiedImageError
 
 from . import _png
-from .errors import InputError, OutputExistsError, UsageError
+from .errors import InputError, NonFiniteError, OutputError, OutputExistsError, UsageError
 
 __all__ = [
     "Picture",
@@ -571,14 +571,14 @@ def encode_image(pic: Picture, fmt: str, *, quality: int = 95, bit_depth: int | 
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise InputError(f"{pic.source}: expected an (H, W, 3) image, got shape {rgb.shape}")
     if not np.isfinite(rgb).all():
-        raise InputError(f"{pic.source}: the model produced non-finite values; nothing was written")
+        raise NonFiniteError(f"{pic.source}: the model produced non-finite values; nothing was written")
     alpha = pic.alpha if fmt in ("PNG", "TIFF", "WEBP") else None
     if alpha is not None:
         alpha = np.asarray(alpha)
         if alpha.shape != rgb.shape[:2]:
             raise InputError(f"{pic.source}: alpha is {alpha.shape} but the image is {rgb.shape[:2]}")
         if not np.isfinite(alpha).all():
-            raise InputError(f"{pic.source}: the alpha channel has non-finite values; nothing was written")
+            raise NonFiniteError(f"{pic.source}: the alpha channel has non-finite values; nothing was written")
 
     if pic.grayscale:
         gray = (rgb @ _LUMA)[:, :, None]
@@ -691,9 +691,9 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, overwrite: bool 
     target = Path(path)
     parent = target.parent
     if not parent.is_dir():
-        raise InputError(f"{parent}: output directory does not exist; create it first")
+        raise OutputError(f"{parent}: output directory does not exist; create it first")
     if target.is_dir():
-        raise InputError(f"{target}: is a directory; give a file name for the output")
+        raise OutputError(f"{target}: is a directory; give a file name for the output")
     if not overwrite and os.path.lexists(target):
         raise _exists(target)
 
@@ -713,7 +713,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, overwrite: bool 
     except OSError as exc:
         _unlink_quietly(tmp)
         reason = exc.strerror or exc
-        raise InputError(f"{target}: could not be written ({reason}); check free space and permissions") from None
+        raise OutputError(f"{target}: could not be written ({reason}); check free space and permissions") from None
     except BaseException:
         _unlink_quietly(tmp)
         raise
@@ -733,10 +733,10 @@ def _create_temp(parent: Path, name: str) -> tuple[Path, int]:
         except FileExistsError:
             continue
         except PermissionError:
-            raise InputError(f"{parent}: permission denied; cannot write output there") from None
+            raise OutputError(f"{parent}: permission denied; cannot write output there") from None
         except OSError as exc:
-            raise InputError(f"{parent}: cannot create the output there ({exc.strerror or exc})") from None
-    raise InputError(f"{parent}: cannot create a temporary file there")
+            raise OutputError(f"{parent}: cannot create the output there ({exc.strerror or exc})") from None
+    raise OutputError(f"{parent}: cannot create a temporary file there")
 
 
 def _link_no_clobber(tmp: Path, target: Path) -> None:

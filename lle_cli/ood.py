@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .errors import InputError, LLEError, OutputExistsError, UsageError, WeightsError
+from .errors import InputError, LLEError, UsageError, WeightsError
 from .imageio import read_image
 from .registry import ModelEntry
 from .runner import LoadedModel
@@ -661,8 +661,10 @@ def score_ood(
                 validate_image(model, res, rgb, n=n, tau=tau, seed=seed, batch_size=batch_size)
             if each is not None:
                 each(res, rgb)
-        except (InputError, OutputExistsError) as e:
-            res = ImageScore(input=path, status="error", error=str(e))
+        except UsageError:
+            raise  # a bad option is the run's problem, not this image's
+        except LLEError as e:  # unreadable input, non-finite features, an unwritable heat map, ...
+            res = ImageScore(input=path, status="error", error=str(e) if path in str(e) else f"{path}: {e}")
         except OSError as e:
             res = ImageScore(input=path, status="error", error=f"{path}: {e.strerror or e}")
         yield res

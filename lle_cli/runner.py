@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import LLEError, UsageError
+from .errors import NonFiniteError, UsageError
 from .models import FAMILIES, FamilySpec
 from .models.illumination_unet import divide_by_illumination
 from .models.llflow.preprocess import Padding, auto_padding, log_image, quantize_u8
@@ -61,7 +61,7 @@ def min_tile_size(family: str) -> int:
     return max(2 * tile_overlap(spec.tile_margin, spec.tile_multiple), spec.min_size)
 
 
-class NonFiniteOutputError(LLEError):
+class NonFiniteOutputError(NonFiniteError):
     """The network produced NaN or Inf; nothing is written."""
 
 

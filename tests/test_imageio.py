@@ -13,7 +13,7 @@ import pytest
 from PIL import ExifTags, Image, ImageCms, ImageOps
 
 from lle_cli import _png, imageio
-from lle_cli.errors import InputError, OutputExistsError, UsageError
+from lle_cli.errors import InputError, NonFiniteError, OutputError, OutputExistsError, UsageError
 from lle_cli.imageio import (
     IMAGE_SUFFIXES,
     Picture,
@@ -702,7 +702,7 @@ def test_nan_refused_and_nothing_written(tmp_path: Path) -> None:
     rgb[0, 0, 1] = np.nan
     pic = Picture(rgb, None, 8, False, None, None, "PNG", "photo.png")
     target = tmp_path / "out.png"
-    with pytest.raises(InputError, match=r"photo\.png: the model produced non-finite values; nothing was written"):
+    with pytest.raises(NonFiniteError, match=r"photo\.png: the model produced non-finite values; nothing was written"):
         write_bytes_atomic(target, encode_image(pic, "PNG"))
     assert list(tmp_path.iterdir()) == []
 
@@ -749,7 +749,7 @@ def test_write_bytes_atomic_cleans_up_on_failure(tmp_path: Path, monkeypatch: py
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(imageio.os, "replace", boom)
-    with pytest.raises(InputError, match="No space left"):
+    with pytest.raises(OutputError, match="No space left"):
         write_bytes_atomic(target, b"new", overwrite=True)
     assert target.read_bytes() == b"old" and _parts(tmp_path) == []
 
@@ -774,9 +774,9 @@ def test_write_bytes_atomic_race_and_missing_dir(tmp_path: Path, monkeypatch: py
     with pytest.raises(OutputExistsError):
         write_bytes_atomic(target, b"mine")
     assert target.read_bytes() == b"theirs" and _parts(tmp_path) == []
-    with pytest.raises(InputError, match="does not exist; create it first"):
+    with pytest.raises(OutputError, match="does not exist; create it first"):
         write_bytes_atomic(tmp_path / "nope" / "x.png", b"x")
-    with pytest.raises(InputError, match="is a directory"):
+    with pytest.raises(OutputError, match="is a directory"):
         write_bytes_atomic(tmp_path, b"x", overwrite=True)
 
 

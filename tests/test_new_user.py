@@ -180,3 +180,65 @@ def test_import_says_what_is_wrong_with_the_file(tmp_path, capsys) -> None:
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     code, _, err = run(capsys, "models", "import", cut, "--trust-unknown")
     assert code == 1 and "truncated or corrupt" in err and "plain state dict" not in err
+
+
+# ---- per-item failures in every batch command ----------------------------------------------------
+def test_score_ood_scores_the_others_when_one_image_gives_non_finite_features(tmp_path, rng, capsys, monkeypatch) -> None:
+    import torch
+
+    import lle_cli.api as api
+
+    folder = tmp_path / "in"
+    for i in range(2):
+        _photo(folder / f"p{i}.png", rng, size=(64, 64))
+    Image.fromarray(np.full((64, 64, 3), 250, np.uint8)).save(folder / "white.png")
+    real = api.load_model
+
+    def poisoned(*a, **k):
+        m = real(*a, **k)
+        # the white image's features become NaN: what a broken encoder or a bad input would give
+        m.module.RRDB.conv_first.register_forward_hook(
+            lambda mod, args, out: out * float("nan") if float(args[0][:, :3].mean()) > -0.1 else None)
+        return m
+
+    monkeypatch.setattr(api, "load_model", poisoned)
+    code, out, err = run(capsys, "score-ood", folder, "--json")
+    assert code == 1
+    rows = [json.loads(line) for line in out.splitlines() if '"input"' in line]
+    assert sorted(Path(r["input"]).name for r in rows) == ["p0.png", "p1.png"]
+    assert "white.png" in err and "non-finite" in err
+    assert torch.is_tensor(torch.zeros(1))  # torch stayed usable (no global state left broken)
+
+
+@pytest.mark.slow
+def test_eval_samples_a_flow_and_records_tau(tmp_path, rng, capsys) -> None:
+    low, high = tmp_path / "low", tmp_path / "high"
+    for i in range(2):
+        _photo(low / f"{i}.png", rng, size=(48, 64))
+        _photo(high / f"{i}.png", rng, size=(48, 64))
+    code, out, err = run(capsys, "eval", low, high, "--model", "llflow.lle-synth-rqs", "--n", "2", "--tau", "0.5", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    text = json.dumps(report)
+    assert '"tau": 0.5' in text and '"n": 2' in text
+    code, out0, _ = run(capsys, "eval", low, high, "--model", "llflow.lle-synth-rqs", "--json")
+    assert json.loads(out0)["mean"] != report["mean"]  # sampling changed the predictions
+    code, _, err = run(capsys, "eval", low, high, "--model", "default", "--n", "2")
+    assert code == 2 and "flow" in err.lower()
+
+
+@pytest.mark.parametrize("argv", [
+    ["enhance", "{p}"],
+    ["sample", "{p}"],
+    ["score-ood", "{p}"],
+    ["eval", "{p}", "{p}"],
+    ["models", "import", "{p}"],
+    ["train", "llflow", "--data", "{p}", "-o", "{d}/w.safetensors"],
+    ["train", "synth-pairs", "{p}", "-o", "{d}/pairs"],
+])
+def test_every_command_prints_an_odd_path_literally(tmp_path, capsys, argv) -> None:
+    odd = tmp_path / "dir[/x]" / "a [red]b [/bold] ünï.png"
+    args = [a.format(p=odd, d=tmp_path) for a in argv]
+    code, _, err = run(capsys, *args)
+    assert code != 0 and "Traceback" not in err
+    assert str(odd) in err, err

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import inspect
 import json
 import math
 import sys
@@ -20,13 +19,9 @@ from ..errors import UsageError
 from ..evaluate import METRICS, PROTOCOLS, EvalReport, Extras, get_protocol, sort_results
 from ..metrics import load_lpips, load_no_reference
 from ._common import (
-    DeviceOpt, OfflineOpt, QuietOpt, WeightsOpt, download_progress, err_console, error, label_column, note, show_progress,
+    DeviceOpt, OfflineOpt, PrecisionOpt, QuietOpt, WeightsOpt, download_progress, err_console, error, label_column, note, show_progress,
 )
 
-# `--n/--tau` (mean of n samples of a flow model) appear only once the library can sample.
-_SAMPLE = getattr(api, "sample", None)
-_SAMPLE_PARAMS = set(inspect.signature(_SAMPLE).parameters) if callable(_SAMPLE) else set()
-SAMPLING = {"n", "tau"} <= _SAMPLE_PARAMS
 _PROTOCOL_HELP = "; ".join(f"{p.name}: {p.summary}" for p in PROTOCOLS.values())
 
 
@@ -40,9 +35,9 @@ def eval_(
     weights: WeightsOpt = None,
     offline: OfflineOpt = False,
     device: DeviceOpt = "auto",
-    precision: Annotated[str, typer.Option("--precision", "-p", help="fp32 (default, reproducible), auto, fp16 or bf16.")] = "fp32",
-    n: Annotated[int, typer.Option("--n", min=1, help="Mean of this many samples per image (flow models).")] = 1,
-    tau: Annotated[Optional[float], typer.Option("--tau", help="Sampling temperature (flow models); default: the model's.")] = None,
+    precision: PrecisionOpt = "auto",
+    n: Annotated[int, typer.Option("--n", "-n", min=1, help="Flow models: measure the mean of this many samples per image (paper Sec. 3.2).")] = 1,
+    tau: Annotated[Optional[float], typer.Option("--tau", "-t", help="Flow models: sampling temperature (default 1 when --n > 1; 0 is the latent mean, as enhance).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for sampling.")] = 0,
     save: Annotated[Optional[Path], typer.Option("--save", help="With --model: also write the predictions (8-bit PNG) and a run record here.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="With --save: replace existing files.")] = False,
@@ -63,8 +58,8 @@ def eval_(
         for flag, given in (("--weights", weights), ("--save", save), ("--n", n != 1), ("--tau", tau is not None)):
             if given:
                 raise UsageError(f"{flag} needs --model (without it PRED_DIR holds finished predictions)")
-    if (n != 1 or tau is not None) and not SAMPLING:
-        raise UsageError("--n/--tau need a model that can be sampled")
+    if tau is not None and not (math.isfinite(tau) and tau >= 0):
+        raise UsageError(f"--tau {tau:g}: must be a finite number >= 0 (the spread of the latent; 0 = its mean)")
     extras = Extras()
     if lpips:
         extras.lpips = load_lpips()
@@ -84,14 +79,19 @@ def eval_(
             report = api.evaluate(predictions, references, protocol=proto, extras=extras,
                                   progress=lambda r: progress.update(task, advance=1, description=r.name))
     else:
+        sampling = n != 1 or tau is not None
+        if sampling:
+            from ..sampling import ensure_flow_model
+
+            ensure_flow_model(api.model_info(None if model == "default" else model))  # before any download
         with download_progress(interactive) as on_bytes:
             loaded = api.load_model(None if model == "default" else model, weights=weights, device=device,
                                     precision=precision, offline=offline, progress=on_bytes)
         predict, options = None, {}
-        if n != 1 or tau is not None:
-            extra = {"seed": seed} if "seed" in _SAMPLE_PARAMS else {}
-            predict = lambda rgb: _SAMPLE(loaded, rgb, n=n, tau=tau, **extra)  # noqa: E731
-            options = {"n": n, "tau": tau}
+        if sampling:
+            t = 1.0 if tau is None else tau
+            predict = lambda rgb: _sample_mean(loaded, rgb, n, t, seed)  # noqa: E731
+            options = {"n": n, "tau": t}
         if not quiet and not (json_out or csv_out):
             note(f"model {loaded.name} ({loaded.weights_source}) on {loaded.device}")
         with progress:
@@ -113,6 +113,17 @@ def eval_(
         for r in report.failures:
             error(f"{r.error}")
     return 1 if report.failures else 0
+
+
+def _sample_mean(loaded, rgb, n: int, tau: float, seed: int):
+    """The mean of ``n`` samples at ``tau`` (one at tau 0): what ``lle sample --mean`` writes."""
+    drawn = api.sample(loaded, rgb, n=n, taus=(tau,), seed=seed)
+    mean = drawn.mean(tau, 0.0)
+    if mean is None:
+        from ..errors import NonFiniteError
+
+        raise NonFiniteError(f"every sample at tau {tau:g} was non-finite; nothing to measure")
+    return mean
 
 
 def _fmt(key: str, v: float | None) -> str:
@@ -176,15 +187,3 @@ def _print_provenance(report: EvalReport, *, to_stdout: bool) -> None:
         say(f"{report.unrecorded} prediction(s) have no run record (lle-run.json), so what produced them is unknown")
     for path in report.records:
         say(f"run record: {path}")
-
-
-def _without_sampling(fn: Any) -> Any:
-    """Drop --n/--tau/--seed from the command's signature when the library cannot sample."""
-    if SAMPLING:
-        return fn
-    sig = inspect.signature(fn, eval_str=True)  # resolved annotations: Typer reads Annotated options from them
-    fn.__signature__ = sig.replace(parameters=[p for p in sig.parameters.values() if p.name not in ("n", "tau", "seed")])
-    return fn
-
-
-eval_ = _without_sampling(eval_)

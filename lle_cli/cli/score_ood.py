@@ -29,6 +29,7 @@ from ._common import (
     DeviceOpt,
     JsonOpt,
     OfflineOpt,
+    PrecisionOpt,
     QuietOpt,
     WeightsOpt,
     err_console,
@@ -112,7 +113,7 @@ def fit(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing statistics file.")] = False,
     offline: OfflineOpt = False,
     device: DeviceOpt = "auto",
-    precision: Annotated[str, typer.Option("--precision", "-p", help="auto (fp32), fp32, fp16 or bf16.")] = "fp32",
+    precision: PrecisionOpt = "auto",
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> int:
@@ -190,7 +191,7 @@ def _summary_line(s: dict, threshold: float, percentile: float) -> str:
 @app.command("score")
 def score(
     inputs: Annotated[list[str], typer.Argument(help="Images to score: folders, files, globs, or - for stdin.", show_default=False)],
-    stats_path: Annotated[Optional[Path], typer.Option("--stats", "-s", help="Statistics from `lle score-ood fit`; default: those shipped with the model.")] = None,
+    stats_path: Annotated[Optional[Path], typer.Option("--stats", help="Statistics from `lle score-ood fit`; default: those shipped with the model.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="LLFlow-family model; default: the statistics' model, else `lle sample`'s.")] = None,
     weights: WeightsOpt = None,
     top: Annotated[Optional[int], typer.Option("--top", "-k", min=1, help="Show only the K highest-scoring rows.")] = None,
@@ -206,7 +207,7 @@ def score(
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Latents decoded at once with --validate.")] = None,
     offline: OfflineOpt = False,
     device: DeviceOpt = "auto",
-    precision: Annotated[str, typer.Option("--precision", "-p", help="auto (fp32), fp32, fp16 or bf16.")] = "fp32",
+    precision: PrecisionOpt = "auto",
     quiet: QuietOpt = False,
 ) -> int:
     """Score images: the Mahalanobis distance of their encoder features per patch; an image scores as its worst patch.

@@ -33,7 +33,7 @@ def llflow(
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = _LR,
     lr_milestones: Annotated[str, typer.Option("--lr-milestones", help="Fractions of the run where the rate is multiplied by --lr-gamma.")] = "0.5,0.75,0.9,0.95",
     lr_gamma: Annotated[float, typer.Option("--lr-gamma")] = 0.5,
-    gt_mean_probability: Annotated[float, typer.Option("--gt-mean-probability", "-p", help="Probability that a sample's latent mean is its target's colour map instead of g(x) (paper: 0.2).")] = _P,
+    gt_mean_probability: Annotated[float, typer.Option("--gt-mean-probability", help="Probability that a sample's latent mean is its target's colour map instead of g(x) (paper: 0.2).")] = _P,
     dequantize: Annotated[bool, typer.Option("--dequantize/--no-dequantize", help="Add uniform dequantisation noise to the targets (quant 32); upstream training does not.")] = False,
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flips.")] = True,
     max_grad_norm: Annotated[float, typer.Option("--max-grad-norm", min=0.0, help="Clip the gradient norm (0: off, as upstream).")] = 0.0,
@@ -86,7 +86,7 @@ def llflow(
 def synth_pairs(
     positives: Annotated[Path, typer.Argument(help="Folder of well-exposed images (searched recursively).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to create low/ and high/ in (LOL layout) plus pairs.json.")],
-    variants: Annotated[int, typer.Option("--variants", "-k", min=1, help="Degraded versions of each image.")] = 1,
+    variants: Annotated[int, typer.Option("--variants", min=1, help="Degraded versions of each image.")] = 1,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     jpeg_probability: Annotated[Optional[float], typer.Option("--jpeg-probability", min=0.0, max=1.0, help="Fraction of low images JPEG-compressed (default 0.5 for camera, 0 for classic).")] = None,
     degradation: Annotated[str, typer.Option("--degradation", help="camera (casts, blur, tone curves, JPEG, heavy read noise) or classic (exposure, noise, gamma only).")] = "camera",
