@@ -198,6 +198,7 @@ def residual_tokens(
     save: str | Path | None = None,
     clip=None,
     device: str = "auto",
+    offline: bool = False,
     progress=None,
 ) -> dict:
     """RAVE's residual vector (from two image folders, or ``load``-ed) and the CLIP vocabulary tokens with
@@ -207,7 +208,7 @@ def residual_tokens(
     from .clip import load_clip
     from .residual import load_residual, residual_from_folders, save_residual, shifted, token_report
 
-    model = load_clip(clip, device=select_device(device))
+    model = load_clip(clip, device=select_device(device), offline=offline)
     stage = (lambda name: (lambda d, t: progress(name, d, t))) if progress else (lambda name: None)
     if load is not None:
         rv = load_residual(Path(load), clip_key=model.key)

@@ -3,8 +3,10 @@
 open_clip builds the networks: a registered architecture name (``ViT-B-32`` as the papers, ``RN101``
 for the identity loss's feature maps) or an open_clip JSON model config (architecture as data; small
 random ones are what the tests use). Weights come from an open_clip pretrained tag (downloaded once by
-open_clip from the hub), from a local file (``--clip-weights``), or are random (``pretrained="random"``,
-for tests and smoke runs only).
+open_clip into the Hugging Face hub cache, then read from there without the network), from a local file
+(``--clip-weights``), or are random (``pretrained="random"``, for tests and smoke runs only). Offline
+(``offline=True`` or ``HF_HUB_OFFLINE=1``), or without a network, a tag that is not in the cache fails at
+once with the command that fetches it.
 
 Everything here is frozen: CLIP is a fixed judge, gradients flow through it to the images only. The
 preprocessing of image *tensors* is differentiable (squash-resize to the model's input size, then the
@@ -19,8 +21,12 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import logging
+import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import cache
-from .errors import InputError, UsageError, WeightsError
+from . import cache, download
+from .errors import DownloadError, InputError, OfflineError, UsageError, WeightsError
 from .weights import load_safetensors, save_safetensors, sha256_file
 
 __all__ = [
@@ -306,10 +312,112 @@ def _read_rgb(path: Path):
         raise InputError(f"{path}: cannot read image ({e}); remove or replace the file") from e
 
 
-def load_clip(spec: ClipSpec | None = None, *, device: str | torch.device = "cpu") -> ClipModel:
-    """Build and freeze the CLIP that ``spec`` names. Offline without weights: a clear WeightsError."""
-    spec = spec or ClipSpec()
-    device = torch.device(device)
+@contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """Keep open_clip's and huggingface_hub's own messages off stderr while CLIP loads.
+
+    Without a network, huggingface_hub logs every retry and open_clip logs the failure again on the
+    root logger: dozens of lines over most of a minute before our one-line error, which says it all.
+    """
+    package = os.path.dirname(_open_clip().__file__) + os.sep
+    root = logging.getLogger()
+    hub = logging.getLogger("huggingface_hub")
+    hub_level = hub.level
+
+    def not_open_clip(record: logging.LogRecord) -> bool:
+        return not record.pathname.startswith(package)
+
+    # open_clip calls logging.error() itself, which would give the root logger a stderr handler for the
+    # rest of the process (logging.basicConfig) when it has none; a NullHandler stops that
+    guard = logging.NullHandler()
+    root.addHandler(guard)
+    root.addFilter(not_open_clip)
+    hub.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hub.setLevel(hub_level)
+        root.removeFilter(not_open_clip)
+        root.removeHandler(guard)
+
+
+# open_clip's file names on the hub: a tag names the .bin, and open_clip tries this safetensors twin first
+_HUB_BIN = "open_clip_pytorch_model.bin"
+_HUB_SAFETENSORS = "open_clip_model.safetensors"
+
+
+def _hub_files(pcfg: Mapping[str, Any]) -> tuple[str, list[str]] | None:
+    """The hub repo of a pretrained tag and the files open_clip would fetch from it, in its order."""
+    hub = pcfg.get("hf_hub")
+    if not hub:
+        return None
+    repo, filename = os.path.split(hub)
+    filename = filename or _HUB_BIN
+    if filename == _HUB_BIN:
+        return repo, [_HUB_SAFETENSORS, filename]
+    if filename.endswith((".bin", ".pth")):
+        return repo, [filename[:-4] + ".safetensors", filename]
+    return repo, [filename]
+
+
+def _hub_cached(repo: str, files: Sequence[str], cache_dir: str) -> Path | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in files:
+        found = try_to_load_from_cache(repo, filename, cache_dir=cache_dir)
+        if isinstance(found, str):
+            return Path(found)
+    return None
+
+
+def _pretrained_model(oc, name: str, tag: str, pcfg: Mapping[str, Any], quick: bool, offline: bool) -> nn.Module:
+    """The model of an open_clip pretrained tag: from the cache if there, else downloaded (or a clear error)."""
+    what = f"CLIP {name}/{tag}"
+    local = "or pass a local copy with --clip-weights FILE"
+    hub = _hub_files(pcfg)
+    kwargs: dict[str, Any] = {}
+    if hub is not None:
+        cache_dir = str(download.hub_cache_dir())
+        found = _hub_cached(*hub, cache_dir)
+        if found is not None:
+            # released weights never change, and asking the hub first costs ~20 s of retries offline
+            preprocess = {k: v for k, v in pcfg.items() if k in ("mean", "std", "interpolation", "resize_mode", "fill_color")}
+            try:
+                return oc.create_model(name, pretrained=str(found), force_quick_gelu=quick, force_preprocess_cfg=preprocess)
+            except Exception as e:  # open_clip/torch raise many types for a bad file
+                raise WeightsError(f"{found}: cannot load the cached {what} ({type(e).__name__}: {str(e)[:160]}); "
+                                   "delete it and fetch it again") from e
+        source, there, kwargs["cache_dir"] = download.hub_endpoint(), False, cache_dir
+        fetch = f"fetch it with `hf download {hub[0]} {hub[1][0]}` where there is a network (into the hub cache {cache_dir}, or copy it there)"
+    else:
+        # a URL-only tag: open_clip keeps the file in ~/.cache/clip and checks its sha256 itself
+        source = pcfg.get("url", "")
+        there = "file" in pcfg or (Path("~/.cache/clip").expanduser() / os.path.basename(source)).is_file()
+        fetch = f"let open_clip fetch {source} once where there is a network"
+    if not there and download.offline_mode(offline):
+        raise OfflineError(f"{what} is not on this machine and downloads are off ({download.offline_reason(offline)}); {fetch}, {local}")
+    if not there and (why := download._unresolvable(source)):
+        raise DownloadError(f"{what} is not on this machine and cannot be downloaded: {why}; {fetch}, {local}")
+    try:
+        return oc.create_model(name, pretrained=tag, force_quick_gelu=quick, **kwargs)
+    except Exception as e:  # download and cache failures come in many types
+        raise DownloadError(f"{what} could not be downloaded ({type(e).__name__}: {str(e)[:160]}); {fetch}, {local}") from e
+
+
+def load_clip(spec: ClipSpec | None = None, *, device: str | torch.device = "cpu", offline: bool = False) -> ClipModel:
+    """Build and freeze the CLIP that ``spec`` names.
+
+    A pretrained tag's weights already in the hub cache are read without the network. Missing ones are
+    downloaded by open_clip, unless ``offline`` (or ``HF_HUB_OFFLINE=1``: ``OfflineError``) or the hub's
+    host does not resolve (``DownloadError``); both fail at once, naming the command that fetches them.
+    """
+    with _quiet_libraries():
+        return _load_clip(spec or ClipSpec(), torch.device(device), offline)
+
+
+def _load_clip(spec: ClipSpec, device: torch.device, offline: bool) -> ClipModel:
     oc = _open_clip()
     tag = spec.pretrained if spec.pretrained not in (None, "", RANDOM, "none") else None
     cfg = spec.config
@@ -342,14 +450,7 @@ def load_clip(spec: ClipSpec | None = None, *, device: str | torch.device = "cpu
                 raise UsageError(f"unknown pretrained tag {tag!r} for CLIP {name}; known tags: {tags}")
             quick = bool(pcfg.get("quick_gelu", False))
         if tag is not None and spec.weights is None:
-            try:
-                model = oc.create_model(name, pretrained=tag, force_quick_gelu=quick)
-            except Exception as e:  # download and cache failures come in many types
-                raise WeightsError(
-                    f"CLIP weights {name}/{tag} are not on this machine and could not be downloaded "
-                    f"({type(e).__name__}: {str(e)[:160]}); connect once so open_clip can fetch them, "
-                    "or pass --clip-weights FILE (the open_clip_model.safetensors of that model)"
-                ) from e
+            model = _pretrained_model(oc, name, tag, pcfg, quick, offline)
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(spec.seed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +12,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from lle_cli import clip as clipmod
+from lle_cli import download
 from lle_cli.clip import VOCAB_SIZE, ClipSpec, load_clip
-from lle_cli.errors import InputError, UsageError, WeightsError
+from lle_cli.errors import DownloadError, InputError, OfflineError, UsageError, WeightsError
 from lle_cli.weights import save_safetensors
 
 # Tiny open_clip architectures (same JSON format as open_clip's model_configs/*.json).
@@ -87,18 +89,18 @@ def test_vocabulary_is_clips_49408_tokens(vit) -> None:
     assert words[vit.tokenizer.sot_token_id] == "<start_of_text>"
 
 
-def test_file_embeddings_are_cached_by_file_hash(vit, tmp_path, rng, lle_home, monkeypatch) -> None:
+def test_file_embeddings_are_cached_by_file_hash(vit, tmp_path, rng, lle_home) -> None:
     folder = write_images(tmp_path / "imgs", rng)
     files, first = vit.encode_folder(folder)
     assert first.shape == (3, 16) and [f.name for f in files] == ["0.png", "1.png", "2.png"]
     assert (lle_home / "clip" / vit.key / "images.safetensors").is_file()
-    monkeypatch.setattr(vit.model, "encode_image", lambda *_a, **_k: pytest.fail("recomputed a cached embedding"))
-    again = vit.encode_files(list(reversed(files)))
-    assert torch.equal(again, first.flip(0))
-    # a copy of a file under another name hits the same cache entry; a changed file does not
-    (folder / "copy.png").write_bytes((folder / "0.png").read_bytes())
-    assert torch.equal(vit.encode_files([folder / "copy.png"])[0], first[0])
-    monkeypatch.undo()
+    with pytest.MonkeyPatch.context() as mp:  # undoes the encoder only, never the isolated env
+        mp.setattr(vit.model, "encode_image", lambda *_a, **_k: pytest.fail("recomputed a cached embedding"))
+        again = vit.encode_files(list(reversed(files)))
+        assert torch.equal(again, first.flip(0))
+        # a copy of a file under another name hits the same cache entry; a changed file does not
+        (folder / "copy.png").write_bytes((folder / "0.png").read_bytes())
+        assert torch.equal(vit.encode_files([folder / "copy.png"])[0], first[0])
     write_images(tmp_path / "other", rng, n=1)
     fresh = vit.encode_files([tmp_path / "other" / "0.png"])
     assert not torch.equal(fresh[0], first[0])
@@ -135,16 +137,113 @@ def test_json_config_file_and_random_keys(tmp_path) -> None:
         load_clip(ClipSpec(model=str(path), pretrained="openai"))
 
 
-def test_offline_without_weights_is_a_clear_error(monkeypatch) -> None:
+def _no_network(monkeypatch) -> None:
+    """Any attempt to reach a host (or to let open_clip do it) fails the test."""
     import open_clip
 
-    def offline(*_a, **_k):
+    monkeypatch.setattr(download, "_unresolvable", lambda url: pytest.fail(f"looked up {url}"))
+    monkeypatch.setattr(open_clip, "create_model", lambda *a, **k: pytest.fail(f"open_clip.create_model{a}{k}"))
+
+
+def test_offline_without_weights_fails_at_once_saying_how_to_get_them(monkeypatch) -> None:
+    _no_network(monkeypatch)
+    with pytest.raises(OfflineError) as e:  # HF_HUB_OFFLINE=1, as every test runs
+        load_clip(ClipSpec(model="ViT-B-32", pretrained="openai"))
+    msg = str(e.value)
+    assert "CLIP ViT-B-32/openai is not on this machine" in msg and "(HF_HUB_OFFLINE=1)" in msg
+    assert "`hf download timm/vit_base_patch32_clip_224.openai open_clip_model.safetensors`" in msg
+    assert str(download.hub_cache_dir()) in msg and "--clip-weights FILE" in msg
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    with pytest.raises(OfflineError, match=r"downloads are off \(--offline\)"):
+        load_clip(ClipSpec(model="RN101", pretrained="openai"), offline=True)
+
+
+def test_without_a_network_a_missing_clip_fails_at_once(monkeypatch) -> None:
+    import open_clip
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    looked_up = []
+    monkeypatch.setattr(download, "_unresolvable", lambda url: looked_up.append(url) or "cannot resolve huggingface.co (no network?)")
+    monkeypatch.setattr(open_clip, "create_model", lambda *a, **k: pytest.fail("would have retried for a minute"))
+    with pytest.raises(DownloadError, match="cannot be downloaded: cannot resolve huggingface.co") as e:
+        load_clip(ClipSpec(model="ViT-B-32", pretrained="openai"))
+    assert looked_up == [download.hub_endpoint()] and "hf download timm/vit_base_patch32_clip_224.openai" in str(e.value)
+
+
+def test_a_failed_download_is_a_clear_error(monkeypatch) -> None:
+    import open_clip
+
+    calls = []
+
+    def refused(*a, **k):
+        calls.append(k)
         raise RuntimeError("Failed to download weights for tag 'openai': connection refused")
 
-    monkeypatch.setattr(open_clip, "create_model", offline)
-    with pytest.raises(WeightsError, match="--clip-weights FILE") as e:
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(download, "_unresolvable", lambda url: None)
+    monkeypatch.setattr(open_clip, "create_model", refused)
+    with pytest.raises(DownloadError, match="--clip-weights FILE") as e:
         load_clip(ClipSpec(model="ViT-B-32", pretrained="openai"))
-    assert "ViT-B-32/openai" in str(e.value)
+    assert "ViT-B-32/openai could not be downloaded (RuntimeError: " in str(e.value)
+    # open_clip downloads into the hub cache lle looks in (HF_HOME now, not when huggingface_hub was imported)
+    assert calls == [{"pretrained": "openai", "force_quick_gelu": True, "cache_dir": str(download.hub_cache_dir())}]
+
+
+def _put_in_hub_cache(repo: str, filename: str, data: bytes) -> Path:
+    """A file laid out as huggingface_hub's cache keeps it (refs/main -> snapshots/<commit>/file)."""
+    root = download.hub_cache_dir() / f"models--{repo.replace('/', '--')}"
+    commit = "0" * 40
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / "main").write_text(commit)
+    path = root / "snapshots" / commit / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("filename", ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"])
+def test_cached_weights_load_without_the_network(monkeypatch, filename) -> None:
+    import open_clip
+
+    cached = _put_in_hub_cache("timm/vit_base_patch32_clip_224.openai", filename, b"weights")
+    calls = []
+
+    def create(name, **kw):
+        calls.append((name, kw))
+        return clipmod._build_from_config(TINY_VIT)
+
+    monkeypatch.setattr(download, "_unresolvable", lambda url: pytest.fail(f"looked up {url}"))
+    monkeypatch.setattr(open_clip, "create_model", create)
+    model = load_clip(ClipSpec(model="ViT-B-32", pretrained="openai"))  # offline, as every test runs
+    assert model.key == "ViT-B-32.openai"
+    [(name, kw)] = calls
+    assert name == "ViT-B-32" and kw["pretrained"] == str(cached) and kw["force_quick_gelu"] is True
+    # what open_clip would have taken from the tag: the preprocessing the weights were trained with
+    assert kw["force_preprocess_cfg"]["mean"] == clipmod._OPENAI_MEAN and kw["force_preprocess_cfg"]["resize_mode"] == "shortest"
+
+
+def test_open_clip_and_hub_chatter_stays_off_stderr(caplog) -> None:
+    import logging
+    import warnings
+
+    import open_clip
+
+    def chatter() -> None:
+        open_clip.get_tokenizer("no-such-model")  # open_clip warns on the root logger
+        logging.getLogger("huggingface_hub.utils._http").warning("Retrying in 1s [Retry 1/5].")
+        warnings.warn("a library warning", UserWarning, stacklevel=1)
+
+    hub_level = logging.getLogger("huggingface_hub").level
+    handlers, filters = list(logging.getLogger().handlers), list(logging.getLogger().filters)
+    with caplog.at_level(logging.DEBUG), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with clipmod._quiet_libraries():
+            chatter()
+        assert caplog.records == [] and caught == []
+        chatter()  # the same calls outside do reach the logs: the check above can fail
+        assert {r.name for r in caplog.records} == {"root", "huggingface_hub.utils._http"} and len(caught) == 1
+    assert logging.getLogger("huggingface_hub").level == hub_level
+    assert logging.getLogger().handlers == handlers and logging.getLogger().filters == filters
 
 
 def test_unknown_architecture_and_tag() -> None:

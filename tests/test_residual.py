@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -131,3 +135,39 @@ def test_residual_tokens_end_to_end(tmp_path, rng, capsys) -> None:
     assert _run(capsys, "residual-tokens", *clip_args)[0] == 2
     code, _, err = _run(capsys, "residual-tokens", "--welllit", well, "--backlit", back, "--save", vec, *clip_args)
     assert code == 1 and "already exists" in err
+
+
+def test_offline_flag_fails_at_once_without_touching_the_network(tmp_path, rng, capsys, monkeypatch) -> None:
+    import open_clip
+
+    from lle_cli import download
+
+    well = write_images(tmp_path / "well", rng, n=2)
+    back = write_images(tmp_path / "back", rng, n=2, scale=60)
+    monkeypatch.delenv("HF_HUB_OFFLINE")  # only the flag turns downloads off here
+    monkeypatch.setattr(download, "_unresolvable", lambda url: pytest.fail(f"--offline looked up {url}"))
+    monkeypatch.setattr(open_clip, "create_model", lambda *a, **k: pytest.fail("--offline let open_clip download"))
+    code, out, err = _run(capsys, "residual-tokens", "--welllit", well, "--backlit", back, "--device", "cpu", "--offline")
+    assert code == 1 and out == ""
+    [line] = err.splitlines()
+    assert line.startswith("Error: CLIP ViT-B-32/openai is not on this machine and downloads are off")
+    assert "hf download timm/vit_base_patch32_clip_224.openai open_clip_model.safetensors" in line
+    assert "HF_HUB_OFFLINE" not in os.environ  # the flag lasts for the command only
+
+
+def test_offline_with_an_empty_cache_prints_one_line_quickly(tmp_path, rng) -> None:
+    # a real process: what a user sees on stderr, library loggers included (pytest captures those in-process)
+    well = write_images(tmp_path / "well", rng, n=2)
+    back = write_images(tmp_path / "back", rng, n=2, scale=60)
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # if --offline were ignored: refused here, never the real hub
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "lle_cli", "residual-tokens", "--welllit", str(well), "--backlit", str(back),
+                           "--device", "cpu", "--offline"], env=env, capture_output=True, text=True, timeout=120, check=False)
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 1 and proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: CLIP ViT-B-32/openai is not on this machine"), proc.stderr
+    assert "downloads are off" in lines[0] and "hf download timm/vit_base_patch32_clip_224.openai" in lines[0]
+    # importing torch is most of the few seconds this takes; open_clip's download path sleeps 46 s in retries
+    assert elapsed < 40, f"took {elapsed:.0f} s"

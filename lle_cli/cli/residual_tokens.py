@@ -15,7 +15,7 @@ from .. import api
 from ..clip import ClipSpec
 from ..errors import OutputExistsError, UsageError
 from ._common import (
-    DeviceOpt, JsonOpt, QuietOpt, err_console, label_column, note, show_progress,
+    DeviceOpt, JsonOpt, OfflineOpt, QuietOpt, err_console, label_column, note, show_progress,
 )
 
 
@@ -30,6 +30,7 @@ def residual_tokens(
     clip_pretrained: Annotated[str, typer.Option("--clip-pretrained", help="open_clip pretrained tag ('random' for smoke tests).")] = "openai",
     clip_weights: Annotated[Optional[Path], typer.Option("--clip-weights", help="Local file with those CLIP weights.")] = None,
     device: DeviceOpt = "auto",
+    offline: OfflineOpt = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --save file.")] = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -51,7 +52,7 @@ def residual_tokens(
             progress.update(task, completed=done, total=total, description=stage)
 
         report = api.residual_tokens(welllit=welllit, backlit=backlit, top=top, shift_tokens=shift_tokens, save=save,
-                                     load=load, clip=spec, device=device, progress=update)
+                                     load=load, clip=spec, device=device, offline=offline, progress=update)
     if json_out:
         print(json.dumps(report))
         return 0
