@@ -258,7 +258,7 @@ def test_manifest_ood_stats_field_is_validated_and_resolved(tiny, rng, tmp_path,
 
 def test_rq_coupling_nets_are_llflow_layers_and_initialised_with_the_flow() -> None:
     from lle_cli.flows.rq_coupling import RQSplineCoupling
-    from lle_cli.models.llflow.layers import ActNorm, ActNormConv2d, ZeroConv2d
+    from lle_cli.flows.layers import ActNorm, ActNormConv2d, ZeroConv2d
 
     layer = RQSplineCoupling(6, condition_channels=5, hidden_channels=8)
     assert [type(m) for m in layer.fFeatures if not isinstance(m, torch.nn.ReLU)] == [ActNormConv2d, ActNormConv2d, ZeroConv2d]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..._cpu import conv3x3
+from .._cpu import conv3x3
 
 __all__ = [
     "Conv2d",

@@ -26,18 +26,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.llflow.layers import ActNorm, ActNormConv2d, ZeroConv2d, actnorm
+from .layers import ActNorm, ActNormConv2d, ZeroConv2d, actnorm
 from .rqspline import NUM_PARAMS, SplineBounds, spline_shift, unpack_params
 
 __all__ = ["ActNorm2d", "conditioner", "RQSplineCoupling"]
 
 
 class ActNorm2d(ActNorm):
-    """LLFlow's :class:`~lle_cli.models.llflow.layers.ActNorm` with the authors' standalone interface.
+    """LLFlow's :class:`~lle_cli.flows.layers.ActNorm` with the authors' standalone interface.
 
-    ``forward(x, logdet=None, reverse=False) -> (y, logdet)``, and Glow's data-dependent
+    ``forward(x, logdet=None, *, inverse=False) -> (y, logdet)``, and Glow's data-dependent
     initialisation on the first training-mode forward pass (loading a state dict counts as
-    initialised). The math is :func:`~lle_cli.models.llflow.layers.actnorm`; inside LLFlow the
+    initialised). The math is :func:`~lle_cli.flows.layers.actnorm`; inside LLFlow the
     coupling networks use plain ``ActNorm`` (initialised by ``LLFlow.initialize_actnorms``).
     """
 
@@ -50,12 +50,12 @@ class ActNorm2d(ActNorm):
         self.inited = True
 
     def forward(  # type: ignore[override]
-        self, x: torch.Tensor, logdet: torch.Tensor | None = None, reverse: bool = False
+        self, x: torch.Tensor, logdet: torch.Tensor | None = None, *, inverse: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if not self.inited and self.training and not reverse:
+        if not self.inited and self.training and not inverse:
             self.initialize_from(x)
             self.inited = True
-        y, d = actnorm(x, self.bias, self.logs, inverse=reverse)
+        y, d = actnorm(x, self.bias, self.logs, inverse=inverse)
         return y, (None if logdet is None else logdet + d)
 
 
@@ -71,10 +71,11 @@ def conditioner(in_channels: int, out_channels: int, hidden_channels: int, kerne
 class RQSplineCoupling(nn.Module):
     """Conditional RQ-spline coupling (feature injector + self-conditional half-coupling).
 
-    ``forward(z, logdet, reverse=False, ft=features, std=None) -> (z', logdet')``: the density
-    direction (``reverse=False``) maps image-side ``z`` towards the Gaussian and adds
-    ``log|det dz'/dz|`` to ``logdet``; ``reverse=True`` is the exact inverse (sampling) and adds the
-    inverse's log-determinant, so a round trip leaves ``logdet`` unchanged.
+    ``forward(z, ft, *, inverse=False, std=None, logdet=None) -> (z', logdet')``, the interface of
+    every coupling in lle (LLFlow's affine one included): the density direction maps image-side ``z``
+    towards the Gaussian and adds ``log|det dz'/dz|`` to ``logdet`` (zeros when None);
+    ``inverse=True`` is the exact inverse (sampling) and adds the inverse's log-determinant, so a
+    round trip leaves ``logdet`` unchanged. Features with batch 1 serve a batch of latents.
 
     ``condition_channels`` is the encoder-feature width (LLFlow: ``conditionInFeaDim``; robustNF's
     SRFlow code hard-codes 320). ``std_channels=None`` leaves out the std-conditional branch.
@@ -97,13 +98,13 @@ class RQSplineCoupling(nn.Module):
         self.condition_channels = condition_channels
         self.std_channels = std_channels
         self.bounds = bounds
-        self.channels_for_nn = in_channels // 2
-        self.channels_for_co = in_channels - self.channels_for_nn
+        self.n_keep = in_channels // 2  # z1: conditions the second half, passes through unchanged
+        self.n_change = in_channels - self.n_keep
         net = dict(hidden_channels=hidden_channels, kernel_hidden=kernel_hidden, n_hidden_layers=n_hidden_layers)
-        self.fRQspline = conditioner(self.channels_for_nn + condition_channels, self.channels_for_co * NUM_PARAMS, **net)
+        self.fRQspline = conditioner(self.n_keep + condition_channels, self.n_change * NUM_PARAMS, **net)
         self.fFeatures = conditioner(condition_channels, in_channels * NUM_PARAMS, **net)
         if std_channels:
-            self.fRQspline_std = conditioner(self.channels_for_nn + std_channels, self.channels_for_co * NUM_PARAMS, **net)
+            self.fRQspline_std = conditioner(self.n_keep + std_channels, self.n_change * NUM_PARAMS, **net)
         else:
             self.fRQspline_std = None
 
@@ -116,24 +117,26 @@ class RQSplineCoupling(nn.Module):
         raise ValueError(f"std has {std.shape[1]} channels; this coupling takes 1 or {self.std_channels}")
 
     def _half(
-        self, z: torch.Tensor, cond: torch.Tensor, net: nn.Module, logdet: torch.Tensor, reverse: bool
+        self, z: torch.Tensor, cond: torch.Tensor, net: nn.Module, logdet: torch.Tensor, inverse: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        z1, z2 = z[:, : self.channels_for_nn], z[:, self.channels_for_nn :]
-        params = unpack_params(net(torch.cat([z1, cond], dim=1)), self.channels_for_co)
-        z2, lad = spline_shift(z2, params, reverse, self.bounds)
+        z1, z2 = z[:, : self.n_keep], z[:, self.n_keep :]
+        params = unpack_params(net(torch.cat([z1, cond], dim=1)), self.n_change)
+        z2, lad = spline_shift(z2, params, inverse, self.bounds)
         return torch.cat([z1, z2], dim=1), logdet + lad.sum(dim=(1, 2, 3))
 
     def forward(
         self,
-        input: torch.Tensor,
-        logdet: torch.Tensor | None = None,
-        reverse: bool = False,
+        z: torch.Tensor,
         ft: torch.Tensor | None = None,
+        *,
+        inverse: bool = False,
         std: torch.Tensor | None = None,
+        logdet: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        z = input
         if ft is None:
             raise ValueError("RQSplineCoupling needs the conditioning features ft")
+        if ft.shape[0] != z.shape[0]:
+            ft = ft.expand(z.shape[0], -1, -1, -1)
         if z.shape[1] != self.in_channels:
             raise ValueError(f"expected {self.in_channels} channels, got {z.shape[1]}")
         if logdet is None:
@@ -141,7 +144,7 @@ class RQSplineCoupling(nn.Module):
         use_std = std is not None and self.fRQspline_std is not None
         std_map = self._expand_std(std, z.shape[2], z.shape[3]) if use_std else None
 
-        if not reverse:
+        if not inverse:
             params = unpack_params(self.fFeatures(ft), self.in_channels)
             z, lad = spline_shift(z, params, False, self.bounds)
             logdet = logdet + lad.sum(dim=(1, 2, 3))

@@ -39,11 +39,14 @@ class FamilySpec:
     # step (strided/squeezing networks). ``activation_bytes(config)``: peak working memory per input
     # pixel of one forward pass in float32, measured as peak RSS (see bench/tiling.py).
     # ``workspace_mb(config)``: memory a pass needs whatever the tile size (MiB).
+    # ``decode_bytes(config)``: flows only, what each latent beyond the first adds to a pass that
+    # decodes several against one encoder pass (``lle sample``), per input pixel, float32.
     tile_margin: int = 0
     tile_exact: bool = True
     tile_multiple: int = 1
     activation_bytes: Callable[[Any], float] = lambda config: 2048.0
     workspace_mb: Callable[[Any], float] = lambda config: 0.0
+    decode_bytes: Callable[[Any], float] = lambda config: 0.0
 
     def make_config(self, arch: Mapping[str, Any] | None) -> Any:
         arch = dict(arch or {})
@@ -97,6 +100,7 @@ FAMILIES: dict[str, FamilySpec] = {
         activation_bytes=lambda c: 900.0 + 1.4 * c.cond_channels,
         # the Winograd convolutions' buffers (lle_cli._cpu.conv3x3), bounded by their row strips
         workspace_mb=lambda c: winograd_workspace_mb() if min(c.nf, c.gc) >= WINOGRAD_MIN_CHANNELS else 0.0,
+        decode_bytes=lambda c: 100.0 + 1.0 * c.cond_channels + 2.0 * c.hidden_channels,  # placeholder
     ),
 }
 

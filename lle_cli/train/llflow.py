@@ -37,7 +37,7 @@ from torch import nn
 
 from ..errors import InputError, UsageError
 from ..models.llflow import LLFlow, LLFlowConfig
-from ..models.llflow.layers import squeeze2d
+from ..flows.layers import squeeze2d
 from ..models.llflow.model import negative_log_likelihood
 from ..models.llflow.preprocess import equalize_hist, log_image
 from .common import (

@@ -115,8 +115,8 @@ def test_coupling_layer_matches_official(tag: str) -> None:
     z, ft = _t("coupling_z"), _t("coupling_ft")
     std = _t("coupling_std") if tag == "std" else None
     with torch.no_grad():
-        out, logdet = layer(z, torch.zeros(1), reverse=False, ft=ft, std=std)
-        back, logdet_back = layer(_t(f"coupling_{tag}_fwd_out"), torch.zeros(1), reverse=True, ft=ft, std=std)
+        out, logdet = layer(z, ft, logdet=torch.zeros(1), std=std)
+        back, logdet_back = layer(_t(f"coupling_{tag}_fwd_out"), ft, inverse=True, logdet=torch.zeros(1), std=std)
     _close(out, f"coupling_{tag}_fwd_out")
     _close(logdet, f"coupling_{tag}_fwd_logdet")
     _close(back, f"coupling_{tag}_rev_out")
@@ -271,8 +271,8 @@ def test_coupling_round_trip_and_logdet(std_channels: int | None) -> None:
     std = torch.full((3, 1, 1, 1), 0.3, dtype=torch.float64) if std_channels else None
     start = torch.arange(3, dtype=torch.float64)
     with torch.no_grad():
-        y, logdet = layer(z, start, ft=ft, std=std)
-        back, logdet_back = layer(y, logdet, reverse=True, ft=ft, std=std)
+        y, logdet = layer(z, ft, logdet=start, std=std)
+        back, logdet_back = layer(y, ft, inverse=True, logdet=logdet, std=std)
     torch.testing.assert_close(back, z, rtol=0, atol=1e-10)
     torch.testing.assert_close(logdet_back, start, rtol=0, atol=1e-10)
     assert (logdet - start).abs().min() > 1e-3  # the perturbed layer is not the identity
@@ -285,9 +285,9 @@ def test_coupling_logdet_matches_jacobian() -> None:
     ft = torch.randn(1, 3, 3, 3, generator=g, dtype=torch.float64)
     std = torch.full((1, 1, 1, 1), 0.5, dtype=torch.float64)
     for reverse in (False, True):
-        jac = torch.autograd.functional.jacobian(lambda v: layer(v, reverse=reverse, ft=ft, std=std)[0], z)
+        jac = torch.autograd.functional.jacobian(lambda v: layer(v, ft, inverse=reverse, std=std)[0], z)
         sign, logabs = torch.linalg.slogdet(jac.reshape(z.numel(), z.numel()))
-        _, logdet = layer(z, reverse=reverse, ft=ft, std=std)
+        _, logdet = layer(z, ft, inverse=reverse, std=std)
         assert sign > 0
         torch.testing.assert_close(logdet[0], logabs, rtol=0, atol=1e-8)
 
@@ -331,7 +331,7 @@ def test_actnorm_data_dependent_init() -> None:
     torch.testing.assert_close(y.mean(dim=(0, 2, 3)), torch.zeros(3), rtol=0, atol=1e-4)
     torch.testing.assert_close(y.std(dim=(0, 2, 3), unbiased=False), torch.ones(3), rtol=0, atol=1e-4)
     torch.testing.assert_close(logdet, torch.full((16,), float(an.logs.detach().sum()) * 16))
-    back, logdet_back = an(y, logdet, reverse=True)
+    back, logdet_back = an(y, logdet, inverse=True)
     torch.testing.assert_close(back, x, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(logdet_back, torch.zeros(16), rtol=0, atol=1e-4)
     # loaded weights count as initialised: a training-mode pass must not overwrite them

@@ -10,7 +10,7 @@ from lle_cli.errors import WeightsError
 from lle_cli.models import FAMILIES, build_model, detect_family, load_state_strict
 from lle_cli.models.llflow import LLFlow, LLFlowConfig, auto_padding, equalize_hist, pad_symmetric
 from lle_cli.models.llflow.coupling import CondAffineCoupling, coupling_class, coupling_net, run_concat
-from lle_cli.models.llflow.layers import actnorm, affine, invconv1x1, squeeze2d, unsqueeze2d
+from lle_cli.flows.layers import actnorm, affine, invconv1x1, squeeze2d, unsqueeze2d
 from lle_cli.models.llflow.model import UNUSED_CHECKPOINT_PREFIXES, negative_log_likelihood
 from lle_cli.models.llflow.preprocess import network_input
 

@@ -19,7 +19,7 @@ from lle_cli.cli.main import main
 from lle_cli.loading import import_checkpoint
 from lle_cli.models import load_state_strict
 from lle_cli.models.llflow import LLFlow, LLFlowConfig, pad_symmetric
-from lle_cli.models.llflow.layers import squeeze2d
+from lle_cli.flows.layers import squeeze2d
 from lle_cli.models.llflow.model import negative_log_likelihood
 from lle_cli.registry import Registry, manifest_path
 from lle_cli.weights import load_safetensors, load_upstream_checkpoint

@@ -17,32 +17,12 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .layers import ActNormConv2d, ZeroConv2d, affine
+from ...flows.layers import ActNormConv2d, ZeroConv2d, affine
+from ...flows.rq_coupling import RQSplineCoupling
 
 __all__ = ["CondAffineCoupling", "COUPLINGS", "register_coupling", "coupling_class", "coupling_net", "run_concat"]
 
 COUPLINGS: dict[str, type[nn.Module]] = {}
-
-
-def _rqs() -> type[nn.Module]:
-    from ...flows.rq_coupling import RQSplineCoupling
-
-    class RQSCoupling(RQSplineCoupling):
-        """The robust flows' spline coupling behind this module's interface (same parameter names)."""
-
-        def __init__(self, in_channels: int, cond_channels: int, hidden_channels: int, config: object | None = None) -> None:
-            super().__init__(in_channels, condition_channels=cond_channels, hidden_channels=hidden_channels)
-
-        def forward(self, z: torch.Tensor, ft: torch.Tensor, *, inverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-            if ft.shape[0] != z.shape[0]:
-                ft = ft.expand(z.shape[0], -1, -1, -1)
-            return super().forward(z, None, reverse=inverse, ft=ft)
-
-    return RQSCoupling
-
-
-# Couplings defined elsewhere, imported on first use (keeps the spline code out of plain LLFlow).
-_LAZY: dict[str, Callable[[], type[nn.Module]]] = {"rqs": _rqs}
 
 
 def register_coupling(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
@@ -54,13 +34,8 @@ def register_coupling(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]
 
 
 def coupling_class(name: str) -> type[nn.Module]:
-    if name not in COUPLINGS and name in _LAZY:
-        try:
-            COUPLINGS[name] = _LAZY[name]()
-        except ImportError as e:
-            raise ValueError(f"coupling {name!r} is not available ({e})") from e
     if name not in COUPLINGS:
-        raise ValueError(f"unknown coupling {name!r}; known: {sorted({*COUPLINGS, *_LAZY})}")
+        raise ValueError(f"unknown coupling {name!r}; known: {sorted(COUPLINGS)}")
     return COUPLINGS[name]
 
 
@@ -141,3 +116,11 @@ class CondAffineCoupling(nn.Module):
         z2, ld = affine(z2, *self._self_params(z1, ft_term), inverse=True)
         z, ld_ft = affine(torch.cat([z1, z2], dim=1), shift_ft, scale_ft, inverse=True)
         return z, ld + ld_ft
+
+
+@register_coupling("rqs")
+class RQSCoupling(RQSplineCoupling):
+    """The robust flows' spline coupling (Hong et al., ICCV 2023) with LLFlow's constructor."""
+
+    def __init__(self, in_channels: int, cond_channels: int, hidden_channels: int, config: object | None = None) -> None:
+        super().__init__(in_channels, condition_channels=cond_channels, hidden_channels=hidden_channels)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import LLFlowConfig
-from .layers import Conv2d
+from ...flows.layers import Conv2d
 
 __all__ = ["ConditionEncoder", "EncoderFeatures", "colour_map", "noise_map"]
 

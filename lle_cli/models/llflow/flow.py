@@ -17,7 +17,7 @@ from torch import nn
 
 from .config import LEVELS, LLFlowConfig
 from .coupling import coupling_class
-from .layers import ActNorm, InvertibleConv1x1, Squeeze
+from ...flows.layers import ActNorm, InvertibleConv1x1, Squeeze
 
 __all__ = ["FlowStep", "ConditionalFlow"]
 

@@ -20,7 +20,7 @@ from torch import nn
 from .config import LLFlowConfig
 from .encoder import ConditionEncoder, EncoderFeatures
 from .flow import ConditionalFlow
-from .layers import ActNorm, squeeze2d
+from ...flows.layers import ActNorm, squeeze2d
 from .preprocess import Padding, network_input, pad_symmetric
 
 __all__ = ["LLFlow", "negative_log_likelihood", "UNUSED_CHECKPOINT_PREFIXES"]
