@@ -2,8 +2,9 @@
 
 Resolution order for ``load_weights``: an explicit ``--weights`` file, the copy embedded in the wheel,
 the cache (filled by ``lle models import`` or an earlier download), then a download: our safetensors
-from the hub, else the authors' original file converted here. Every embedded, cached or downloaded
-file is checked against its sha256 before use.
+from the hub, else the authors' original file, from each of its public locations in the manifest's
+order (e.g. Google Drive, a Hugging Face Space, a Git LFS copy), converted here. Every embedded, cached
+or downloaded file is checked against its sha256 before use.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from . import __version__, cache, download
 from .download import ProgressFn
 from .errors import ChecksumError, DownloadError, OfflineError, OutputExistsError, UsageError, WeightsError
 from .models import build_model, detect_family, load_state_strict
-from .registry import ModelEntry, Registry, get_registry
+from .registry import ModelEntry, Registry, UpstreamLocation, UpstreamSource, get_registry
 from .weights import load_safetensors, load_upstream_checkpoint, save_safetensors, sha256_file, verify_sha256
 
 __all__ = [
@@ -58,6 +59,7 @@ class FetchResult:
     sha256: str
     via: str  # "cache" (was already there), "hub" or "upstream"
     source: str  # where the bytes came from: a hub reference or a URL
+    skipped: tuple[str, ...] = ()  # why each source tried before that one failed
 
 
 @dataclass(frozen=True)
@@ -167,8 +169,10 @@ def fetch_weights(
     """Make sure ``entry``'s verified weights are in the cache, downloading them if needed.
 
     Sources in order: the cache (unless ``force``); our safetensors on the hub (or already in the hub
-    cache); the authors' file, converted here. One process at a time per model (a lock), so concurrent
-    ``lle`` runs wait for each other instead of writing the same files.
+    cache); the authors' file from each of its locations in turn, converted here. A location that fails
+    or delivers other bytes (deleted at once) is skipped with its reason kept: in the error when all fail,
+    else in ``FetchResult.skipped`` and the cache record. One process at a time per model (a lock), so
+    concurrent ``lle`` runs wait for each other instead of writing the same files.
     """
     if not entry.downloadable:
         raise WeightsError(_missing_message(entry))
@@ -197,27 +201,47 @@ def fetch_weights(
                     entry.name, {"model": entry.name, "sha256": sha, "source": ref, "source_sha256": sha, "verified": True, "via": "hub"}
                 )
                 return FetchResult(entry.name, out, sha, "hub", ref)
+        wrong_file = False
         if entry.upstream and entry.upstream.sha256 and not off:
             up = entry.upstream
-            url = download.upstream_url(up.url)
             part = cache.partial_download_path(entry.name, up.filename)
-            try:
-                download.url_download(url, part, sha256=up.sha256, size=up.size, label=up.filename, progress=progress)
-            except download.SourceUnavailable as e:
-                reasons.append(f"authors' file: {e}")
-            else:
+            for loc in up.locations:  # in the manifest's order; each checked against the one sha256
+                where = _location_label(up, loc)
+                try:
+                    download.location_download(loc, part, sha256=up.sha256, size=up.size, label=up.filename, progress=progress)
+                except download.SourceUnavailable as e:
+                    reasons.append(f"{where}: {e}")
+                    continue
+                except download.WrongFileError as e:  # already deleted; another location may have the right bytes
+                    reasons.append(f"{where}: {e.reason}")
+                    wrong_file = True
+                    continue
                 original = part.with_name(part.name.removesuffix(".part"))
                 os.replace(part, original)  # torch.load wants the real suffix
                 try:
-                    r = _import_locked(original, entry, up.sha256, verified=True, source=up.url, via="upstream")
+                    r = _import_locked(
+                        original, entry, up.sha256, verified=True, source=loc.url, via="upstream", skipped=reasons
+                    )
                 finally:
                     original.unlink(missing_ok=True)
-                return FetchResult(entry.name, r.path, r.sha256, "upstream", up.url)
+                return FetchResult(entry.name, r.path, r.sha256, "upstream", loc.url, tuple(reasons))
         if off:
             raise OfflineError(_offline_message(entry, offline))
         up = entry.upstream
         manual = f"`lle models import {up.filename}` after getting {up.url}" if up and up.sha256 else "`lle models import FILE`"
-        raise DownloadError(f"cannot download {entry.name}: {'; '.join(reasons)}. Try again later, or use {manual}")
+        msg = f"cannot download {entry.name}: {'; '.join(reasons)}. Try again later, or use {manual}"
+        raise (ChecksumError if wrong_file else DownloadError)(msg)
+
+
+def _location_label(up: UpstreamSource, loc: UpstreamLocation) -> str:
+    """How a failed location is named in the reasons: the kind of host, or "authors' file" when it is the only one."""
+    if len(up.locations) == 1 and loc.kind == "url":
+        return "authors' file"
+    if loc.kind == "drive":
+        return "Google Drive"
+    if loc.kind == "hub-space":
+        return f"Space {loc.space[0]}"
+    return loc.host
 
 
 def convert_checkpoint(path: Path, entry: ModelEntry, out: Path, *, source_sha256: str | None = None) -> str:
@@ -236,12 +260,15 @@ def convert_checkpoint(path: Path, entry: ModelEntry, out: Path, *, source_sha25
     return sha256_file(out)
 
 
-def _import_locked(path: Path, entry: ModelEntry, digest: str, *, verified: bool, source: str, via: str) -> ImportResult:
+def _import_locked(
+    path: Path, entry: ModelEntry, digest: str, *, verified: bool, source: str, via: str, skipped: list[str] | None = None
+) -> ImportResult:
     out = cache.cached_weights_path(entry.name)
     sha = convert_checkpoint(path, entry, out, source_sha256=digest)
-    cache.write_record(
-        entry.name, {"model": entry.name, "sha256": sha, "source": source, "source_sha256": digest, "verified": verified, "via": via}
-    )
+    record = {"model": entry.name, "sha256": sha, "source": source, "source_sha256": digest, "verified": verified, "via": via}
+    if skipped:
+        record["skipped"] = list(skipped)  # why the sources before this one failed
+    cache.write_record(entry.name, record)
     return ImportResult(entry.name, out, sha, digest, verified)
 
 

@@ -8,18 +8,24 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from .errors import LLEError, ModelNotFoundError
 from .models import FAMILIES
 
-__all__ = ["HubSource", "UpstreamSource", "ModelEntry", "Registry", "get_registry"]
+__all__ = ["HubSource", "UpstreamLocation", "UpstreamSource", "ModelEntry", "Registry", "get_registry", "LOCATION_KINDS"]
 
 TASKS = {"low-light", "backlit"}
+# how an upstream address is fetched: a plain URL (redirects followed, e.g. GitHub -> its LFS host), Google
+# Drive's direct download (its HTML virus-scan page is followed), a file in a Hugging Face Space
+LOCATION_KINDS = ("url", "drive", "hub-space")
+_SPACE_URL = re.compile(r"https://huggingface\.co/spaces/([^/]+/[^/]+)/resolve/([^/]+)/(.+)")
 
 
 @dataclass(frozen=True)
@@ -38,17 +44,52 @@ class HubSource:
 
 
 @dataclass(frozen=True)
-class UpstreamSource:
-    """The authors' original checkpoint; ``sha256`` is of the original file.
+class UpstreamLocation:
+    """One public place the authors' file can be had: ``kind`` (one of ``LOCATION_KINDS``) says how to fetch ``url``.
 
-    ``sha256`` is None for files lle has never seen (e.g. Google Drive releases): those are never
-    downloaded automatically, only imported by hand with ``--trust-unknown``.
+    ``url`` is always the public https address a person could open; ``download.location_url`` maps it to
+    what is fetched now (``LLE_UPSTREAM_MIRROR`` for ``url``/``drive``, ``HF_ENDPOINT`` for ``hub-space``).
+    """
+
+    kind: str
+    url: str
+
+    @property
+    def space(self) -> tuple[str, str, str]:
+        """``(repo_id, revision, filename)`` of a ``hub-space`` location."""
+        m = _SPACE_URL.fullmatch(self.url)
+        if self.kind != "hub-space" or m is None:
+            raise ValueError(f"{self.url} is not a Hugging Face Space file address")
+        return m.group(1), unquote(m.group(2)), unquote(m.group(3))
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).netloc
+
+
+@dataclass(frozen=True)
+class UpstreamSource:
+    """The authors' original checkpoint; ``sha256`` (and ``size``) are of the original file.
+
+    ``locations`` are every public place it can be had, tried in order; each download is checked against
+    the one ``sha256``, so a mirror can only ever deliver the authors' exact bytes. ``url`` is the first
+    location's address (a manifest entry may give just ``url``: one plain-URL location).
+
+    ``sha256`` is None for files lle has never seen: those are never downloaded automatically, only
+    imported by hand with ``--trust-unknown``.
     """
 
     url: str
     sha256: str | None
     filename: str
     size: int | None = None
+    locations: tuple[UpstreamLocation, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.locations:
+            object.__setattr__(self, "locations", (UpstreamLocation("url", self.url),))
+        elif not self.url:
+            object.__setattr__(self, "url", self.locations[0].url)
 
 
 @dataclass(frozen=True)
@@ -92,6 +133,39 @@ class ManifestError(LLEError):
     """The packaged manifest is broken: a bug in lle, not in the user's input."""
 
 
+def _location(raw: dict[str, Any]) -> UpstreamLocation:
+    """One entry of ``upstream.urls``: ``{"kind": ..., "url": ...}``, checked so a typo fails at load time."""
+    if not isinstance(raw, dict) or set(raw) != {"kind", "url"}:
+        raise ValueError(f"each of upstream.urls needs exactly 'kind' and 'url', got {raw!r}")
+    loc = UpstreamLocation(str(raw["kind"]), str(raw["url"]))
+    if loc.kind not in LOCATION_KINDS:
+        raise ValueError(f"upstream url kind {loc.kind!r} is not one of {list(LOCATION_KINDS)}")
+    parts = urlsplit(loc.url)
+    if parts.scheme != "https" or not parts.netloc:
+        raise ValueError(f"{loc.url} is not an https address")
+    if loc.kind == "drive" and not (parts.netloc.endswith("google.com") and parse_qs(parts.query).get("id")):
+        raise ValueError(f"{loc.url} is not a Google Drive download address with an id")
+    if loc.kind == "hub-space" and _SPACE_URL.fullmatch(loc.url) is None:
+        raise ValueError(f"{loc.url} is not a Space file address (https://huggingface.co/spaces/OWNER/NAME/resolve/REV/PATH)")
+    return loc
+
+
+def _upstream(raw: dict[str, Any]) -> UpstreamSource:
+    """``{"filename", "sha256", "size"?}`` plus either ``"url"`` (one plain URL) or ``"urls"`` (ordered locations)."""
+    raw = dict(raw)
+    if "locations" in raw:
+        raise ValueError("upstream: give its addresses as 'urls'")
+    urls = raw.pop("urls", None)
+    if urls is None:
+        return UpstreamSource(**raw)
+    if "url" in raw:
+        raise ValueError("upstream has both 'url' and 'urls'; give the first address once, in 'urls'")
+    if not isinstance(urls, list) or not urls:
+        raise ValueError("upstream.urls must be a non-empty list")
+    locations = tuple(_location(u) for u in urls)
+    return UpstreamSource(url="", locations=locations, **raw)
+
+
 def _entry(name: str, raw: dict[str, Any]) -> ModelEntry:
     def need(key: str) -> Any:
         if key not in raw:
@@ -108,8 +182,8 @@ def _entry(name: str, raw: dict[str, Any]) -> ModelEntry:
     src = raw.get("sources") or {}
     try:
         hub = HubSource(**src["hub"]) if "hub" in src else None
-        up = UpstreamSource(**src["upstream"]) if "upstream" in src else None
-    except TypeError as e:  # a missing or misspelt source field
+        up = _upstream(src["upstream"]) if "upstream" in src else None
+    except (TypeError, ValueError) as e:  # a missing or misspelt source field
         raise ManifestError(f"weights_manifest.json: model {name!r} has a malformed source ({e})") from None
     emb = src.get("embedded") or {}
     if not (hub or up or emb):

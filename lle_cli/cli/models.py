@@ -55,6 +55,15 @@ def list_models(json_out: JsonOpt = False) -> int:
     return 0
 
 
+def _upstream_info(up) -> dict | None:
+    """The authors' file: what it is (name, size, the one sha256 every download is checked against) and every
+    public location it is fetched from, in the order they are tried."""
+    if up is None:
+        return None
+    return {"filename": up.filename, "sha256": up.sha256, "size": up.size, "url": up.url,
+            "sources": [{"kind": loc.kind, "url": loc.url} for loc in up.locations]}
+
+
 @app.command("info")
 def info(name: Annotated[str, typer.Argument(help="Model name or alias.")], json_out: JsonOpt = False) -> int:
     """Everything the manifest knows about one model."""
@@ -63,7 +72,7 @@ def info(name: Annotated[str, typer.Argument(help="Model name or alias.")], json
         "name": e.name, "family": e.family, "task": e.task, "title": e.title, "paper": e.paper, "license": e.license,
         "training_data": e.training_data, "parameters": e.parameters, "architecture": e.architecture,
         "weights": weights_location(e), "cache_path": str(cache.cached_weights_path(e.name)),
-        "hub": e.hub.__dict__ if e.hub else None, "upstream": e.upstream.__dict__ if e.upstream else None,
+        "hub": e.hub.__dict__ if e.hub else None, "upstream": _upstream_info(e.upstream),
         "embedded": e.embedded, "training": e.training, "notes": e.notes,
     }
     if json_out:
@@ -71,6 +80,13 @@ def info(name: Annotated[str, typer.Argument(help="Model name or alias.")], json
         return 0
     for k, v in data.items():
         if v in (None, "", {}):
+            continue
+        if k == "upstream":
+            sha = v["sha256"] or "unknown (imported by hand only)"
+            size = f", {v['size']:,} bytes" if v["size"] else ""
+            print(f"{k:14} {v['filename']}{size}, sha256={sha}")
+            for i, src in enumerate(v["sources"]):
+                print(f"{'sources' if i == 0 else '':14} {src['kind']:10} {src['url']}")
             continue
         if isinstance(v, dict):
             v = ", ".join(f"{a}={b}" for a, b in v.items() if b is not None)
