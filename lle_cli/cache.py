@@ -13,12 +13,12 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .atomic import replacing, write_text_atomic
 from .errors import DownloadError
 
 __all__ = [
@@ -78,23 +78,14 @@ def read_record(name: str) -> dict[str, Any] | None:
 def write_record(name: str, record: dict[str, Any]) -> None:
     p = _record_path(name)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(".json.part")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, p)
+    write_text_atomic(p, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 def install_file(src: Path, name: str) -> Path:
     """Copy a verified file into the cache as ``name``'s weights, atomically (temporary file, rename)."""
     out = cached_weights_path(name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
-    os.close(fd)
-    try:
+    with replacing(out) as tmp:
         shutil.copyfile(src, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return out
 
 

@@ -178,10 +178,10 @@ def write_synthetic_pairs(
     Returns those records.
     """
     import json
-    import os
 
     from PIL import Image, ImageOps
 
+    from .atomic import replacing, write_text_atomic
     from .clip import IMAGE_SUFFIXES
     from .errors import InputError, OutputExistsError
 
@@ -198,9 +198,8 @@ def write_synthetic_pairs(
         d.mkdir(parents=True, exist_ok=True)
 
     def save(img: np.ndarray, path: Path) -> None:
-        tmp = path.with_name(f".{path.name}.part")
-        Image.fromarray(img).save(tmp, format="PNG")
-        os.replace(tmp, path)
+        with replacing(path) as tmp:
+            Image.fromarray(img).save(tmp, format="PNG")
 
     records = []
     for n, f in enumerate(files):
@@ -223,7 +222,5 @@ def write_synthetic_pairs(
             progress(n + 1, len(files))
     manifest = {"seed": seed, "variants": variants, "spec": asdict(spec), "display_gamma": DISPLAY_GAMMA,
                 "source": str(source), "pairs": records}
-    tmp = out / ".pairs.json.part"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, out / "pairs.json")
+    write_text_atomic(out / "pairs.json", json.dumps(manifest, indent=2) + "\n")
     return records

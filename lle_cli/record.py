@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import platform
-import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 
 from . import __version__, cache
+from .atomic import write_text_atomic
 from .runner import LoadedModel
 from .weights import sha256_file
 
@@ -128,14 +128,7 @@ def finish_run(run: dict[str, Any], **extra: Any) -> dict[str, Any]:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, text)
 
 
 def _load(path: Path) -> list[dict[str, Any]] | None:

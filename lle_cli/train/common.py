@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..atomic import write_text_atomic
 from ..errors import InputError, UsageError, WeightsError
 from ..weights import load_safetensors, save_safetensors, sha256_file
 
@@ -460,9 +461,7 @@ def run_distributed(
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 class MetricsLog:
@@ -482,9 +481,7 @@ class MetricsLog:
                         kept.append(line)
                 except (ValueError, AttributeError):
                     continue
-        tmp = self.path.with_name(f".{self.path.name}.part")
-        tmp.write_text("".join(x + "\n" for x in kept))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(x + "\n" for x in kept))
         self._t0 = time.perf_counter()
 
     def write(self, step: int, **values: Any) -> None:

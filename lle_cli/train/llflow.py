@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..atomic import write_text_atomic
 from ..errors import InputError, UsageError
 from ..models.llflow import LLFlow, LLFlowConfig
 from ..flows.layers import squeeze2d
@@ -553,9 +554,7 @@ def _keep_best(run_dir: Path, model: LLFlow, step: int, v: Mapping[str, float], 
             pass  # an unreadable record is replaced
     save_trained_weights(model.state_dict(), run_dir / "best.safetensors", family="llflow",
                          recipe={"trainer": "llflow", "config": cfg_json, "iteration": step, "validation": dict(v)})
-    tmp = run_dir / ".best.json.part"
-    tmp.write_text(json.dumps({"iteration": step, **jsonable(dict(v))}, indent=2) + "\n")
-    tmp.replace(record)
+    write_text_atomic(record, json.dumps({"iteration": step, **jsonable(dict(v))}, indent=2) + "\n")
 
 
 def _rank_spread(model: nn.Module, d: Dist, dev: torch.device) -> float:
