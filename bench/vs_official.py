@@ -624,7 +624,7 @@ def _lle_model(fam: Family):
     if fam.name != "llflow":
         return api.load_model(fam.model, weights=fam.weights, device="cpu", precision="fp32")
     from lle_cli._cpu import prepare_for_inference
-    from lle_cli.models import build_model, load_state_strict
+    from lle_cli.models import FAMILIES, build_model, load_state_strict
     from lle_cli.registry import Registry, manifest_path
     from lle_cli.runner import LoadedModel
     from lle_cli.weights import load_upstream_checkpoint
@@ -637,7 +637,7 @@ def _lle_model(fam: Family):
     load_state_strict(module, load_upstream_checkpoint(fam.weights), source=str(fam.weights))
     dev = torch.device("cpu")
     module.eval().to(dev, torch.float32)
-    prepare_for_inference(module, entry.family, dev)
+    prepare_for_inference(module, FAMILIES[entry.family].channels_last, dev)
     return LoadedModel(entry, module, dev, torch.float32, str(fam.weights))
 
 

@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "CHANNELS_LAST_FAMILIES",
     "prepare_for_inference",
     "keep_freed_memory",
     "MALLOC_ENV",
@@ -35,7 +34,6 @@ __all__ = [
     "WINOGRAD_MIN_CHANNELS",
 ]
 
-CHANNELS_LAST_FAMILIES = frozenset({"illumination_unet", "zero_dce"})
 MALLOC_ENV = "LLE_KEEP_FREED_MEMORY"  # "0" leaves the C allocator as it is
 
 # glibc mallopt parameters (malloc.h)
@@ -77,13 +75,14 @@ def keep_freed_memory() -> bool:
     return _tuned
 
 
-def prepare_for_inference(module: nn.Module, family: str, device: torch.device) -> nn.Module:
-    """Channels-last parameters for the convolutional families on the CPU.
+def prepare_for_inference(module: nn.Module, channels_last: bool, device: torch.device) -> nn.Module:
+    """Channels-last parameters on the CPU for the families whose descriptor asks for them
+    (``FamilySpec.channels_last``: plain convolutional networks, where oneDNN runs them faster).
 
     The allocator setting is process-wide, so the library leaves it to the caller: the ``lle``
     commands call ``keep_freed_memory()``; a Python user may too.
     """
-    if device.type == "cpu" and family in CHANNELS_LAST_FAMILIES:
+    if device.type == "cpu" and channels_last:
         module.to(memory_format=torch.channels_last)
     return module
 

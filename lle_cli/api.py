@@ -131,7 +131,7 @@ def load_model(
     module.eval().to(dev, dtype)
     from ._cpu import prepare_for_inference  # channels-last on the CPU (bench/vs_official.py)
 
-    prepare_for_inference(module, entry.family, dev)
+    prepare_for_inference(module, FAMILIES[entry.family].channels_last, dev)
     return LoadedModel(entry, module, dev, dtype, source, tile=tile)
 
 

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .family import FamilySpec, register_family
+
 __all__ = ["IlluminationUNetConfig", "IlluminationUNet", "divide_by_illumination"]
 
 
@@ -107,3 +109,20 @@ class IlluminationUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return divide_by_illumination(x, self.illumination(x))
+
+
+SPEC = register_family(
+    FamilySpec(
+        name="illumination_unet",
+        config_cls=IlluminationUNetConfig,
+        model_cls=IlluminationUNet,
+        description="CLIP-LIT/RAVE illumination UNet: enhanced = clamp(x / L(x), 0, 1)",
+        min_size=2,  # reflect padding of a 3x3 convolution needs at least 2 pixels
+        channels_last=True,
+        signature_keys=frozenset({"cond1.weight", "cond_add1.weight", "PPM1.fuse.0.weight"}),
+        # 17 stacked 3x3 convolutions (5 before the pyramid pooling, its fuse, 11 after); the pooled
+        # context is global, so the tiled runner computes it once on the whole image
+        tile_margin=17,
+        activation_bytes=lambda c: 50.0 * c.width,  # 1,540-1,560 B/px measured at width 32
+    ),
+)

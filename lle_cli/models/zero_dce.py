@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .family import FamilySpec, register_family
+
 __all__ = ["ZeroDCEConfig", "ZeroDCE", "apply_curves"]
 
 
@@ -114,3 +116,17 @@ class ZeroDCE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return apply_curves(x, self.curve_parameters(x))[0]
+
+
+SPEC = register_family(
+    FamilySpec(
+        name="zero_dce",
+        config_cls=ZeroDCEConfig,
+        model_cls=ZeroDCE,
+        description="Zero-DCE curve-estimation network (8 quadratic curve iterations)",
+        channels_last=True,
+        signature_keys=frozenset({"e_conv1.weight", "e_conv7.weight"}),
+        tile_margin=7,  # 7 stacked 3x3 convolutions: a 15 px receptive field; the curves are pointwise
+        activation_bytes=lambda c: 45.0 * c.width,  # 1,408 B/px measured at width 32
+    ),
+)

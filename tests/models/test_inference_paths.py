@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lle_cli._cpu import prepare_for_inference
-from lle_cli.models import build_model
+from lle_cli.models import FAMILIES, build_model
 
 
 @pytest.mark.parametrize("family", ["zero_dce", "illumination_unet"])
@@ -20,7 +20,7 @@ def test_inference_path_equals_autograd_path(family: str, channels_last: bool) -
     x = torch.rand(1, 3, 21, 30) * 0.6 + 0.05
     reference = model(x.clone().requires_grad_(True)).detach()  # grad enabled: the training path
     if channels_last:
-        prepare_for_inference(model, family, torch.device("cpu"))
+        prepare_for_inference(model, FAMILIES[family].channels_last, torch.device("cpu"))
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         fast = model(x)

@@ -7,6 +7,8 @@ couplings, selectable by name), ``flow`` (the invertible network) and ``model`` 
 
 from __future__ import annotations
 
+from ..._cpu import WINOGRAD_MIN_CHANNELS, winograd_workspace_mb
+from ..family import FamilySpec, register_family
 from .config import LEVELS, LLFlowConfig
 from .coupling import COUPLINGS, CondAffineCoupling, register_coupling
 from .encoder import ConditionEncoder, EncoderFeatures
@@ -33,3 +35,29 @@ __all__ = [
     "network_input",
     "pad_symmetric",
 ]
+
+
+SPEC = register_family(
+    FamilySpec(
+        name="llflow",
+        config_cls=LLFlowConfig,
+        model_cls=LLFlow,
+        description="LLFlow conditional normalizing flow (encoder + invertible network); enhance = the latent mean",
+        # multiple_of stays 1: the model pads itself (by 1..16 px, symmetric), because its histogram
+        # equalisation must see the padded image exactly as upstream's does
+        samples=True,
+        ood_features=True,
+        signature_keys=frozenset({"RRDB.conv_first.weight", "RRDB.fine_tune_color_map.0.weight"}),
+        # The encoder's RRDB trunk and the flow's couplings reach hundreds of pixels: tiles are not
+        # exact, the margin trades accuracy for work; positions keep the 16 px grid of the squeezes.
+        tile_margin=64,
+        tile_exact=False,
+        tile_multiple=16,
+        # the worst of 0.7-4 MP inputs (bench/tiling.py's method, glibc keeping freed memory as
+        # ``lle enhance`` does): 985 B/px for lol-small (64 conditioning channels), 1,343 for mid (320)
+        activation_bytes=lambda c: 900.0 + 1.4 * c.cond_channels,
+        # the Winograd convolutions' buffers (lle_cli._cpu.conv3x3), bounded by their row strips
+        workspace_mb=lambda c: winograd_workspace_mb() if min(c.nf, c.gc) >= WINOGRAD_MIN_CHANNELS else 0.0,
+        decode_bytes=lambda c: 100.0 + 1.0 * c.cond_channels + 2.0 * c.hidden_channels,  # placeholder
+    ),
+)

@@ -1,0 +1,74 @@
+"""The family descriptor: everything lle's machinery needs to know about a model family.
+
+Each family module (``zero_dce``, ``illumination_unet``, ``llflow``, ...) describes itself with one
+``FamilySpec`` and registers it with ``register_family``; the registry, the runner, tiling, sampling,
+OOD scoring and the tests read these descriptors instead of knowing families by name. Adding a
+family is one module that registers itself, plus its manifest entries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from ..errors import WeightsError
+
+__all__ = ["FamilySpec", "FAMILIES", "register_family"]
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    name: str
+    config_cls: type
+    model_cls: type[nn.Module]
+    description: str
+    multiple_of: int = 1  # input H and W must be multiples of this
+    min_size: int = 1  # smallest H or W the network accepts
+    signature_keys: frozenset[str] = frozenset()  # keys that identify a checkpoint of this family
+    # Tiling (lle_cli.tiling): an output pixel depends on inputs up to ``tile_margin`` px away through
+    # the local layers, so tiles hide that many pixels at every inner edge. ``tile_exact``: tiles
+    # reproduce the untiled result up to float rounding. ``tile_multiple``: tile size and position
+    # step (strided/squeezing networks). ``activation_bytes(config)``: peak working memory per input
+    # pixel of one forward pass in float32, measured as peak RSS (see bench/tiling.py).
+    # ``workspace_mb(config)``: memory a pass needs whatever the tile size (MiB).
+    # ``decode_bytes(config)``: flows only, what each latent beyond the first adds to a pass that
+    # decodes several against one encoder pass (``lle sample``), per input pixel, float32.
+    tile_margin: int = 0
+    tile_exact: bool = True
+    tile_multiple: int = 1
+    activation_bytes: Callable[[Any], float] = lambda config: 2048.0
+    workspace_mb: Callable[[Any], float] = lambda config: 0.0
+    decode_bytes: Callable[[Any], float] = lambda config: 0.0
+    # What the machinery does with it: channels-last convolutions on the CPU (lle_cli._cpu);
+    # ``samples``: a conditional flow that ``lle sample`` can draw from; ``ood_features``: an
+    # encoder whose features ``lle score-ood`` scores (lle_cli.ood).
+    channels_last: bool = False
+    samples: bool = False
+    ood_features: bool = False
+
+    def make_config(self, arch: Mapping[str, Any] | None) -> Any:
+        arch = dict(arch or {})
+        known = {f.name for f in dataclasses.fields(self.config_cls)}
+        unknown = set(arch) - known
+        if unknown:
+            raise WeightsError(f"unknown architecture keys for {self.name}: {sorted(unknown)}")
+        for k, v in arch.items():  # JSON has lists where the dataclasses use tuples
+            if isinstance(v, list):
+                arch[k] = tuple(v)
+        return self.config_cls(**arch)
+
+
+
+FAMILIES: dict[str, FamilySpec] = {}
+
+
+def register_family(spec: FamilySpec) -> FamilySpec:
+    """Make a family known to lle (called once, by the family's own module)."""
+    if spec.name in FAMILIES and FAMILIES[spec.name] is not spec:
+        raise ValueError(f"model family {spec.name!r} is registered twice")
+    FAMILIES[spec.name] = spec
+    return spec
