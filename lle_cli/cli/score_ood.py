@@ -156,18 +156,18 @@ def _fmt(v: float | None, spec: str = ".4g") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def _rows(results: list[ood.ImageScore], patches: bool, threshold: float) -> list[dict]:
+def _rows(results: list[ood.ImageScore], patches: bool, threshold: float, model: str = "") -> list[dict]:
     """Ranked rows (highest score first): one per image, or one per patch."""
     ok = [r for r in results if r.status == "ok"]
     if not patches:
-        rows = [{"input": r.input, "score": r.score, "mean_patch_score": r.mean_patch_score,
+        rows = [{"input": r.input, "model": model, "status": "ok", "error": None, "score": r.score, "mean_patch_score": r.mean_patch_score,
                  "above_threshold": r.above_threshold, "width": r.width, "height": r.height,
                  "patches": len(r.patches), "error_probability": r.error_probability,
                  "nonfinite_samples": r.nonfinite_samples, "samples": r.samples, "seed": r.seed, "heatmap": r.heatmap,
                  "_patches": [{"box": list(p.box), "score": p.score, "error_probability": p.error_probability} for p in r.patches]}
                 for r in ok]
     else:
-        rows = [{"input": r.input, "y0": p.box[0], "x0": p.box[1], "y1": p.box[2], "x1": p.box[3], "score": p.score,
+        rows = [{"input": r.input, "model": model, "status": "ok", "error": None, "y0": p.box[0], "x0": p.box[1], "y1": p.box[2], "x1": p.box[3], "score": p.score,
                  "above_threshold": p.score > threshold, "error_probability": p.error_probability}
                 for r in ok for p in r.patches]
     rows.sort(key=lambda d: -d["score"])
@@ -260,7 +260,7 @@ def score(
                 failures.append(res.error or res.input)
                 error(f"{res.error}")
             prog.update(task, advance=1, description=Path(res.input).name)
-    rows = _rows(results, patches, stats.threshold)[: top or None]
+    rows = _rows(results, patches, stats.threshold, loaded.name)[: top or None]
     summary = ood.summarise(results, patches=patches)
     summary.update(threshold=stats.threshold, threshold_percentile=stats.percentile, model=loaded.name)
     if json_out:
@@ -269,6 +269,10 @@ def score(
             if not patches:
                 row["patches"] = row.pop("_patches")
             print(json.dumps(row), flush=True)
+        # failed inputs too: every input has a record, as in enhance and sample
+        failed_rows = [(p, e) for p, e in bad] + [(r.input, r.error) for r in results if r.status != "ok"]
+        for path, err in failed_rows:
+            print(json.dumps({"input": path, "model": loaded.name, "status": "error", "error": err}), flush=True)
         print(json.dumps({"summary": summary}), flush=True)
     elif csv_out:
         cols = ["rank", "input", "score"] + (["y0", "x0", "y1", "x1"] if patches else ["mean_patch_score", "patches", "width", "height"])
