@@ -353,21 +353,21 @@ def test_cli_fit_then_score_end_to_end(capsys, tiny_registry, cli_data, tmp_path
     assert summary["images"] == 3 and summary["model"] == "llflow.test-tiny" and summary["threshold"] == meta.threshold
 
     # CSV per patch, --top, and heat maps with the image's size
-    code, out, err = run(capsys, "score-ood", "score", c.test, "-s", stats, "-w", c.a, "--csv", "--patches", "--top", "3",
+    code, out, err = run(capsys, "score-ood", "score", c.test, "--stats", stats, "-w", c.a, "--csv", "--patches", "--top", "3",
                          "--heatmap", tmp_path / "maps")
     table = list(csv.DictReader(io.StringIO(out)))
     assert code == 0 and len(table) == 3 and Path(table[0]["input"]).name == "odd.png" and float(table[0]["score"]) >= float(table[2]["score"])
     assert Image.open(tmp_path / "maps" / "odd_ood.png").size == (40, 32) and len(list((tmp_path / "maps").iterdir())) == 3
 
     # statistics of other weights are refused in one line, before any scoring
-    code, out, err = run(capsys, "score-ood", c.test, "-s", stats, "-w", c.b)
+    code, out, err = run(capsys, "score-ood", c.test, "--stats", stats, "-w", c.b)
     assert code == 2 and "weights sha256" in err and "score-ood fit" in err and out == "" and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.slow
 def test_cli_validate_reports_inf_error_probability_and_correlation(capsys, tiny_registry, cli_data) -> None:
     c = cli_data
-    code, out, _ = run(capsys, "score-ood", c.test, "-s", c.stats, "-w", c.a, "--validate", "--n", "2", "--tau", "1", "--json")
+    code, out, _ = run(capsys, "score-ood", c.test, "--stats", c.stats, "-w", c.a, "--validate", "--n", "2", "--tau", "1", "--json")
     lines = [json.loads(x) for x in out.splitlines()]
     summary = lines[-1]["summary"]
     assert code == 0 and all(r["samples"] == 2 and 0 <= r["error_probability"] <= 1 for r in lines[:-1])
@@ -375,7 +375,7 @@ def test_cli_validate_reports_inf_error_probability_and_correlation(capsys, tiny
     assert summary["mean_error_probability"] == pytest.approx(np.mean([r["error_probability"] for r in lines[:-1]]))
     r, rho = ood.correlations([x["score"] for x in lines[:-1]], [x["error_probability"] for x in lines[:-1]])
     assert summary["pearson"] == pytest.approx(r) and summary["spearman"] == pytest.approx(rho)
-    code, out, _ = run(capsys, "score-ood", c.test / "odd.png", "-s", c.stats, "-w", c.a, "--validate", "--n", "1", "--top", "1")
+    code, out, _ = run(capsys, "score-ood", c.test / "odd.png", "--stats", c.stats, "-w", c.a, "--validate", "--n", "1", "--top", "1")
     assert code == 0 and "odd.png" in out and "%Inf" in out and "mean error probability" in out
 
 
@@ -395,3 +395,30 @@ def test_enhance_and_sample_warn_above_the_threshold_without_changing_outputs(ca
     assert "odd.png: unlike" in err and (tmp_path / "s" / "odd_sample00_tau1_off0.png").is_file()
     code, _, err = run(capsys, "enhance", c.test / "odd.png", "-o", tmp_path / "z.png", "--ood-stats", c.stats)
     assert code == 2 and "not an LLFlow-family model" in err
+
+
+def test_calibrate_sets_the_threshold_from_validated_photos(capsys, tiny_registry, cli_data, tmp_path) -> None:
+    from lle_cli.ood_calibration import calibrate_threshold
+
+    c = cli_data
+    out = tmp_path / "calibrated.safetensors"
+    code, stdout, err = run(capsys, "score-ood", "calibrate", c.test, "-o", out, "--stats", c.stats, "-m", "llflow.test-tiny",
+                            "-w", c.a, "--n", "2", "--json")
+    assert code == 0, err
+    report = json.loads(stdout)
+    cal = ood.load_stats(out)
+    assert cal.threshold == pytest.approx(report["threshold"]) and cal.threshold_method.startswith("calibrated on 3 validated")
+    old = ood.load_stats(c.stats)
+    assert report["previous_threshold"] == pytest.approx(old.threshold)
+    assert np.array_equal(cal.mean, old.mean) and np.array_equal(cal.covariance, old.covariance)
+    # the same threshold from the library, on what --validate reports for these photos
+    code, scored, _ = run(capsys, "score-ood", c.test, "--stats", c.stats, "-w", c.a, "-m", "llflow.test-tiny",
+                          "--validate", "--n", "2", "--json")
+    rows = [json.loads(x) for x in scored.splitlines() if '"input"' in x]
+    want = calibrate_threshold([r["score"] for r in rows], [r["error_probability"] for r in rows],
+                               [r["nonfinite_samples"] for r in rows])
+    assert cal.threshold == pytest.approx(want.threshold)
+    assert report["flagged"] == sum(r["score"] > cal.threshold for r in rows)
+    # scoring with the calibrated file says where its threshold comes from
+    code, _, err = run(capsys, "score-ood", c.test, "--stats", out, "-w", c.a, "-m", "llflow.test-tiny", "--csv")
+    assert code == 0 and "calibrated on photos whose samples were checked" in err

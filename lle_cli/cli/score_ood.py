@@ -36,6 +36,7 @@ from ._common import (
     error,
     label_column,
     note,
+    say,
     show_progress,
 )
 
@@ -152,6 +153,77 @@ def fit(
     return 1 if failed else 0
 
 
+@app.command("calibrate")
+def calibrate(
+    inputs: Annotated[list[str], typer.Argument(help="Real photos of the kind users bring (folders, files or globs); their samples are drawn and checked.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Calibrated statistics file to write (.safetensors).")],
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="An LLFlow-family model; default: the one `lle sample` uses.")] = None,
+    weights: WeightsOpt = None,
+    stats_path: Annotated[Optional[Path], typer.Option("--stats", help="Statistics to calibrate; default: those shipped with the model.")] = None,
+    n: Annotated[int, typer.Option("--n", "-n", min=1, help="Samples drawn per image.")] = 10,
+    tau: Annotated[float, typer.Option("--tau", "-t", help="Sampling temperature of the check.")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    error_max: Annotated[float, typer.Option("--error-max", help="An image fails when a sample is non-finite or more than this fraction of its values are error pixels.")] = 0.01,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing statistics file.")] = False,
+    offline: OfflineOpt = False,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+) -> int:
+    """Set the warning threshold where samples start to fail, from validated real photos.
+
+    Every photo is scored and its samples drawn and checked (as `--validate`); the threshold becomes the score that best separates photos whose samples fail from those whose samples are fine (lle_cli.ood_calibration). Mean, covariance and features are unchanged.
+    """
+    import dataclasses
+
+    from ..ood_calibration import calibrate_threshold
+
+    if output.exists() and not overwrite:
+        raise OutputExistsError(f"{output}: already exists; pass --overwrite to replace it")
+    if not 0 <= error_max <= 1:
+        raise UsageError(f"--error-max {error_max}: must be a fraction between 0 and 1")
+    paths, bad = _inputs(inputs)
+    for _, err in bad:
+        error(err)
+    if not paths:
+        raise UsageError("no images found to calibrate on; pass folders of real photos")
+    stats0 = ood.load_stats(stats_path) if stats_path is not None else None
+    loaded = api.load_model(_default_model(model or (stats0.model.get("name") if stats0 else None)), weights=weights,
+                            device=device, precision=precision, offline=offline)
+    ood.ensure_feature_model(loaded)
+    stats, _ = ood.stats_for(loaded, stats_path)
+    results: list[ood.ImageScore] = []
+    failures = [e for _, e in bad]
+    with _progress(quiet, json_out) as prog:
+        task = prog.add_task("validating", total=len(paths))
+        for res in api.score_ood(loaded, paths, stats=stats, validate=True, n=n, tau=tau, seed=seed):
+            if res.status == "ok":
+                results.append(res)
+            else:
+                failures.append(res.error or res.input)
+                error(res.error or res.input)
+            prog.update(task, advance=1, description=Path(res.input).name)
+    if not results:
+        raise UsageError("no image could be scored; nothing to calibrate on")
+    cal = calibrate_threshold([r.score for r in results], [r.error_probability for r in results],
+                              [r.nonfinite_samples or 0 for r in results], error_max=error_max)
+    method = (f"calibrated on {cal.images} validated photos ({cal.failures} with failing samples: non-finite, or error "
+              f"pixels > {error_max:g}; n {n}, tau {tau:g}, seed {seed}); balanced accuracy "
+              f"{'-' if cal.balanced_accuracy is None else format(cal.balanced_accuracy, '.3f')}; was {stats.threshold:.4g} "
+              f"({stats.percentile:g}th percentile of the training images)")
+    dataclasses.replace(stats, threshold=cal.threshold, threshold_method=method).save(output)
+    if json_out:
+        print(json.dumps({"output": str(output), "model": loaded.name, **cal.to_dict(), "previous_threshold": stats.threshold}), flush=True)
+    else:
+        print(output, flush=True)
+    if not quiet and not json_out:
+        rho = "-" if cal.spearman is None else f"{cal.spearman:.3f}"
+        say(f"threshold {stats.threshold:.4g} -> {cal.threshold:.4g}: {cal.flagged} of {cal.images} photos flagged "
+            f"({cal.true_positives} of the {cal.failures} whose samples fail); Spearman score vs error probability {rho}")
+    return 1 if failures else 0
+
+
 def _fmt(v: float | None, spec: str = ".4g") -> str:
     return "-" if v is None else format(v, spec)
 
@@ -176,9 +248,10 @@ def _rows(results: list[ood.ImageScore], patches: bool, threshold: float, model:
     return rows
 
 
-def _summary_line(s: dict, threshold: float, percentile: float) -> str:
-    line = (f"{s['images']} images scored ({s['failed']} failed); {s['above_threshold']} above the threshold "
-            f"{threshold:.4g} ({percentile:g}th percentile of the training images)")
+def _summary_line(s: dict, threshold: float, percentile: float, method: str = "") -> str:
+    how = "calibrated on photos whose samples were checked" if method.startswith("calibrated") else \
+        f"{percentile:g}th percentile of the training images"
+    line = f"{s['images']} images scored ({s['failed']} failed); {s['above_threshold']} above the threshold {threshold:.4g} ({how})"
     if "samples" in s:
         line += (f"; %Inf {s['percent_inf']:.2f}% ({s['nonfinite_samples']} of {s['samples']} samples non-finite), "
                  f"mean error probability {s['mean_error_probability']:.4g}; score vs error probability over images: "
@@ -282,7 +355,7 @@ def score(
         w.writerows(rows)
         sys.stdout.flush()
         if not quiet:
-            err_console.print(_summary_line(summary, stats.threshold, stats.percentile), soft_wrap=True, highlight=False)
+            err_console.print(_summary_line(summary, stats.threshold, stats.percentile, stats.threshold_method), soft_wrap=True, highlight=False)
     else:
         table = Table(title=f"OOD scores, {loaded.name} (threshold {stats.threshold:.4g})", title_justify="left")
         table.add_column("rank", justify="right")
@@ -309,5 +382,5 @@ def score(
             table.add_row(*cells)
         out = Console(file=sys.stdout, highlight=False, soft_wrap=False, width=max(100, Console().width))
         out.print(table)
-        out.print(_summary_line(summary, stats.threshold, stats.percentile), soft_wrap=True)
+        out.print(_summary_line(summary, stats.threshold, stats.percentile, stats.threshold_method), soft_wrap=True)
     return 1 if failures else 0
