@@ -11,8 +11,21 @@ import torch
 from torch import nn
 
 from ..errors import WeightsError
-from . import illumination_unet, llflow, zero_dce  # noqa: F401  (each module registers its family)
 from .family import FAMILIES, FamilySpec, register_family
+
+
+def _register_families() -> None:
+    """Import every module of this package: each family module registers its own descriptor, so a
+    new family is one new module here (plus its manifest entries), with no list to edit."""
+    import importlib
+    import pkgutil
+
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name != "family":
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_register_families()
 
 __all__ = ["FamilySpec", "FAMILIES", "register_family", "build_model", "detect_family", "load_state_strict"]
 
