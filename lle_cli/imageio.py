@@ -1,14 +1,18 @@
 """Reading and writing photos without losing what a photographer cares about.
 
 Pixels come in as float32 RGB in [0, 1] at the source's full precision (16-bit PNG and TIFF
-included, which Pillow alone would cut to 8 bits), with EXIF orientation applied, alpha kept aside,
-and the ICC profile and EXIF carried to the output. Every failure is one ``InputError`` line that
-names the file and says what to do.
+included, which Pillow alone would cut to 8 bits; 10/12-bit HEIC too), with EXIF orientation applied,
+alpha kept aside, and the ICC profile and EXIF carried to the output. Every failure is one
+``InputError`` line that names the file and says what to do.
+
+HEIC (pillow-heif), AVIF (Pillow's own plugin) and camera RAW (rawpy, ``lle_cli.raw``) need optional
+packages; without them a ``MissingExtraError`` names the pip extra to install.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import io
 import os
 import struct
@@ -17,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageCms, UnidentifiedImageError
+from PIL import Image, ImageCms, UnidentifiedImageError, features
 
 from . import _png
 from .atomic import write_bytes_atomic
-from .errors import InputError, NonFiniteError, UsageError
+from .errors import InputError, NonFiniteError, OutputError, UsageError
 
 __all__ = [
     "Picture",
@@ -29,9 +33,18 @@ __all__ = [
     "encode_image",
     "write_bytes_atomic",
     "format_from_suffix",
+    "default_output_format",
     "is_image_path",
+    "is_raw_path",
+    "normalise_format",
+    "check_format_available",
+    "check_input_available",
+    "require_extra",
+    "MissingExtraError",
     "IMAGE_SUFFIXES",
+    "RAW_SUFFIXES",
     "FORMATS",
+    "RAW_MODES",
 ]
 
 _SUFFIX_FORMATS = {
@@ -42,14 +55,33 @@ _SUFFIX_FORMATS = {
     ".tiff": "TIFF",
     ".webp": "WEBP",
     ".bmp": "BMP",
+    ".heic": "HEIC",
+    ".heif": "HEIC",
+    ".hif": "HEIC",
+    ".avif": "AVIF",
 }
-IMAGE_SUFFIXES: frozenset[str] = frozenset(_SUFFIX_FORMATS)
-FORMATS: tuple[str, ...] = ("PNG", "JPEG", "TIFF", "WEBP", "BMP")
-_FORMAT_ALIASES = {"JPG": "JPEG", "TIF": "TIFF"}
+# Camera RAW, decoded by LibRaw (rawpy); read only.
+RAW_SUFFIXES: frozenset[str] = frozenset(
+    {".dng", ".cr2", ".cr3", ".nef", ".nrw", ".arw", ".raf", ".orf", ".rw2", ".pef", ".srw"}
+)
+IMAGE_SUFFIXES: frozenset[str] = frozenset(_SUFFIX_FORMATS) | RAW_SUFFIXES
+FORMATS: tuple[str, ...] = ("PNG", "JPEG", "TIFF", "WEBP", "BMP", "HEIC", "AVIF")
+_FORMAT_ALIASES = {"JPG": "JPEG", "TIF": "TIFF", "HEIF": "HEIC"}
+RAW_MODES: tuple[str, ...] = ("srgb", "linear")
+# Pillow >= 11.3 carries its own AVIF plugin (libavif with dav1d and aom); older or custom builds may not.
+_PILLOW_AVIF = features.check("avif") is True
 # The JPEG opener returns "MPO" for camera JPEGs that carry a second (preview) frame.
-_PIL_FORMATS = ("PNG", "JPEG", "TIFF", "WEBP", "BMP")
+_PIL_FORMATS = ("PNG", "JPEG", "TIFF", "WEBP", "BMP") + (("AVIF",) if _PILLOW_AVIF else ())
 _HIGH_DEPTH = ("PNG", "TIFF")
-_WHAT_WE_READ = "JPEG/PNG/TIFF/WebP/BMP"
+_WHAT_WE_READ = "JPEG/PNG/TIFF/WebP/BMP/HEIC/AVIF or camera RAW"
+# ISO-BMFF major/compatible brands (the ``ftyp`` box) of HEIF stills, AVIF and Canon's CR3.
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
+_AVIF_BRANDS = {b"avif", b"avis"}
+_CR3_BRAND = b"crx "
+_HEIF_EXTRA = ("heif", "pillow_heif", "HEIC")
+_RAW_EXTRA = ("raw", "rawpy", "camera RAW")
+# 4:4:4 chroma at high quality (as JPEG): halving the colour resolution is what shows first.
+_FULL_CHROMA_QUALITY = 90
 _CORRUPT_FIX = "re-export or re-download it"
 
 _ORIENTATION = 0x0112
@@ -74,12 +106,13 @@ class Picture:
 
     rgb: np.ndarray  # float32 (H, W, 3) in [0, 1], C-contiguous
     alpha: np.ndarray | None  # float32 (H, W) in [0, 1]; never touched by enhancement
-    bit_depth: int  # 8 or 16: precision of the source
+    bit_depth: int  # 8 or 16: precision of the source (16 for anything above 8 bits)
     grayscale: bool  # the source had one colour channel
     icc_profile: bytes | None  # RGB or grey profile, matching ``grayscale``
     exif: bytes | None  # "Exif\0\0"-prefixed EXIF with Orientation reset to 1
-    format: str  # "PNG", "JPEG", "TIFF", "WEBP" or "BMP"
+    format: str  # "PNG", "JPEG", "TIFF", "WEBP", "BMP", "HEIC", "AVIF" or "RAW"
     source: str  # path, or "<stdin>"
+    sample_bits: int | None = None  # bits the source stored when not 8 or 16 (10/12-bit HEIC, RAW)
 
     def with_rgb(self, rgb: np.ndarray) -> Picture:
         """The same picture with new pixels: what the enhancer returns keeps all metadata."""
@@ -95,29 +128,105 @@ def format_from_suffix(path: str | os.PathLike) -> str | None:
     return _SUFFIX_FORMATS.get(Path(path).suffix.lower())
 
 
+def default_output_format(path: str | os.PathLike) -> str:
+    """What an enhanced ``path`` is written as when nobody says: its own format, 16-bit TIFF for a
+    camera RAW (nothing writes RAW), PNG for anything unknown (stdin)."""
+    if is_raw_path(path):
+        return "TIFF"
+    return format_from_suffix(path) or "PNG"
+
+
 def is_image_path(path: str | os.PathLike) -> bool:
     """Whether a directory walk should pick this file up."""
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def is_raw_path(path: str | os.PathLike) -> bool:
+    """A camera RAW by its suffix (.dng, .cr2, .nef, ...)."""
+    return Path(path).suffix.lower() in RAW_SUFFIXES
+
+
+def normalise_format(fmt: str) -> str:
+    """``--format`` spellings (jpg, .tif, heif, ...) to one of ``FORMATS``; ``UsageError`` otherwise."""
+    name = fmt.strip().upper().lstrip(".")
+    name = _FORMAT_ALIASES.get(name, name)
+    if name not in FORMATS:
+        raise UsageError(f"unsupported output format {fmt!r}; use one of {', '.join(FORMATS)}")
+    return name
+
+
+# --------------------------------------------------------------------------------------------
+# Optional packages
+
+
+class MissingExtraError(UsageError):
+    """A file type needs an optional package (a pip extra) that is not installed; exit code 2."""
+
+
+def require_extra(extra: str, module: str, what: str, label: str | None = None):
+    """Import ``module`` or raise ``MissingExtraError`` naming the pip extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        where = f"{label}: " if label else ""
+        raise MissingExtraError(
+            f'{where}{what} needs the optional package {module}; install it with: pip install "lle-cli[{extra}]"'
+        ) from None
+
+
+def check_format_available(fmt: str, label: str | None = None) -> None:
+    """Raise ``MissingExtraError`` now if writing ``fmt`` would need a package that is missing."""
+    if fmt == "HEIC":
+        require_extra(*_HEIF_EXTRA, label)
+    elif fmt == "AVIF":
+        _require_pillow_avif(label)
+
+
+def check_input_available(path: str | os.PathLike) -> None:
+    """Raise ``MissingExtraError`` now if reading ``path`` (judged by its suffix) needs a missing package,
+    so a batch stops before any work rather than failing file after file."""
+    if is_raw_path(path):
+        require_extra(*_RAW_EXTRA, os.fspath(path))
+    else:
+        check_format_available(format_from_suffix(path) or "", os.fspath(path))
+
+
+def _require_pillow_avif(label: str | None) -> None:
+    if not _PILLOW_AVIF:
+        where = f"{label}: " if label else ""
+        raise MissingExtraError(
+            f"{where}AVIF needs Pillow 11.3 or newer with its AVIF plugin; install it with: "
+            'pip install "lle-cli[avif]"'
+        )
 
 
 # --------------------------------------------------------------------------------------------
 # Reading
 
 
-def read_image(source: str | os.PathLike | bytes, *, name: str | None = None) -> Picture:
+def read_image(source: str | os.PathLike | bytes, *, name: str | None = None, raw: str = "srgb") -> Picture:
     """Decode a path or raw bytes (stdin) into a ``Picture``; raise ``InputError`` on any failure.
 
-    ``name`` replaces the label used in messages and in ``Picture.source``.
+    ``name`` replaces the label used in messages and in ``Picture.source``. ``raw`` says how a camera
+    RAW is rendered (``lle_cli.raw``): "srgb" (camera white balance, sRGB primaries and curve, the
+    exposure as shot) or "linear" (the same without the curve, tagged with a linear profile).
+    A HEIC, AVIF or RAW without its optional package raises ``MissingExtraError``.
     """
+    if raw not in RAW_MODES:
+        raise UsageError(f"raw rendering {raw!r}: use one of {', '.join(RAW_MODES)}")
+    suffix = ""
     if isinstance(source, (bytes, bytearray, memoryview)):
         label = name or "<stdin>"
         data = bytes(source)
     else:
         label = name or os.fspath(source)
+        suffix = Path(source).suffix.lower()
+        if suffix in RAW_SUFFIXES:  # before reading tens of MB only to be told rawpy is missing
+            require_extra(*_RAW_EXTRA, label)
         data = _read_file(os.fspath(source), label)
     if not data:
         raise InputError(f"{label}: the file is empty (0 bytes); check it was written completely")
-    return _decode(data, label)
+    return _decode(data, label, suffix, raw)
 
 
 def _read_file(path: str, label: str) -> bytes:
@@ -153,7 +262,52 @@ def _check_pixels(label: str, width: int, height: int) -> None:
         raise _too_large(label, width, height)
 
 
-def _decode(data: bytes, label: str) -> Picture:
+def _ftyp_brands(data: bytes) -> set[bytes]:
+    """Major and compatible brands of an ISO-BMFF file (HEIF, AVIF, CR3, MP4), empty if it is not one."""
+    if data[4:8] != b"ftyp":
+        return set()
+    size = int.from_bytes(data[:4], "big")
+    box = data[8 : min(max(size, 16), 4096)]
+    return {box[0:4]} | {box[i : i + 4] for i in range(8, len(box) - 3, 4)}
+
+
+def _is_raw_data(data: bytes, suffix: str) -> bool:
+    """A camera RAW by suffix, or by its magic where the bytes alone say so (stdin)."""
+    if suffix in RAW_SUFFIXES:
+        return True
+    if data.startswith((b"IIRO", b"MMOR", b"IIRS", b"IIU\x00", b"FUJIFILMCCD-RAW")):  # ORF, RW2, RAF
+        return True
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return data[8:10] == b"CR" or _has_dng_version(data)  # CR2, DNG
+    return _CR3_BRAND in _ftyp_brands(data)
+
+
+def _has_dng_version(data: bytes) -> bool:
+    """Whether a TIFF's first IFD carries DNGVersion (50706): a DNG's IFD0 is often only its preview."""
+    order = "<" if data[:2] == b"II" else ">"
+    try:
+        (ifd,) = struct.unpack(order + "I", data[4:8])
+        (count,) = struct.unpack(order + "H", data[ifd : ifd + 2])
+        for i in range(min(count, 1000)):
+            (tag,) = struct.unpack(order + "H", data[ifd + 2 + 12 * i : ifd + 4 + 12 * i])
+            if tag == 50706:
+                return True
+    except struct.error:
+        return False
+    return False
+
+
+def _decode(data: bytes, label: str, suffix: str = "", raw: str = "srgb") -> Picture:
+    if _is_raw_data(data, suffix):
+        from . import raw as _raw
+
+        return _raw.read_raw(data, label, linear=raw == "linear")
+    brands = _ftyp_brands(data)
+    if brands & _AVIF_BRANDS:
+        _require_pillow_avif(label)
+        return _decode_pillow(data, label)
+    if brands & _HEIF_BRANDS:
+        return _read_heif(data, label)
     if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         pic = _read_tiff_high_depth(data, label)
         if pic is not None:
@@ -198,6 +352,7 @@ def _looks_like_image(data: bytes) -> bool:
     return (
         data.startswith((_png.PNG_SIGNATURE, b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*"))
         or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+        or bool(_ftyp_brands(data) & (_HEIF_BRANDS | _AVIF_BRANDS))
     )
 
 
@@ -300,6 +455,48 @@ def _read_png16(data: bytes, label: str) -> Picture:
         alpha = _key_alpha(arr, png.transparent)
     exif, orientation = _reset_orientation(png.exif)
     return _assemble(arr, alpha, 16, channels <= 2, png.icc_profile, exif, orientation, "PNG", label)
+
+
+def _read_heif(data: bytes, label: str) -> Picture:
+    """HEIC through pillow-heif at the stored precision (10/12 bits are not cut to 8).
+
+    libheif applies the container's rotation and mirroring (``irot``/``imir``), which is what HEIF
+    readers must honour; the EXIF Orientation of such a file describes the same turn, so it is
+    reset to 1 and not applied a second time.
+    """
+    pillow_heif = require_extra(*_HEIF_EXTRA, label)
+    try:
+        heif = pillow_heif.open_heif(io.BytesIO(data), convert_hdr_to_8bit=False)
+        width, height = heif.size
+        _check_pixels(label, width, height)
+        mode = heif.mode
+        arr = np.asarray(heif)  # decodes the primary image
+        info = heif.info
+    except InputError:
+        raise
+    except (*_DECODE_ERRORS, TypeError) as exc:
+        raise _corrupt(label, exc) from None
+    bits = int(info.get("bit_depth") or 8)
+    if arr.dtype == np.uint16:
+        # pillow-heif hands 10/12-bit samples over in the top bits of 16 ("RGB;16"); bring them back
+        # to their own range so 1023 (or 4095) is white exactly
+        bits = min(max(bits, 9), 16)
+        if mode.endswith(";16") and bits < 16:
+            arr = arr >> (16 - bits)
+        values = arr.astype(np.float32)
+        values /= np.float32((1 << bits) - 1)
+    else:
+        values = arr
+    if values.ndim == 2:
+        values = values[:, :, None]
+    grayscale = mode.startswith(("L", "I"))
+    alpha = None
+    if mode.split(";")[0] in ("RGBA", "RGBa", "LA", "La"):
+        values, alpha = values[:, :, :-1], values[:, :, -1]
+    exif, _ = _reset_orientation(info.get("exif"))
+    icc = info.get("icc_profile") if info.get("icc_profile_type", "prof") in ("prof", "rICC") else None
+    return _assemble(values, alpha, 16 if bits > 8 else 8, grayscale, icc or None, exif, 1, "HEIC", label,
+                     sample_bits=bits if bits not in (8, 16) else None)
 
 
 def _read_tiff_high_depth(data: bytes, label: str) -> Picture | None:
@@ -410,6 +607,8 @@ def _assemble(
     orientation: int,
     fmt: str,
     label: str,
+    *,
+    sample_bits: int | None = None,
 ) -> Picture:
     values = _to_unit(arr)
     if alpha is not None:
@@ -424,7 +623,7 @@ def _assemble(
     wanted = b"GRAY" if grayscale else b"RGB "
     if icc is not None and _icc_space(icc) != wanted:
         icc = None
-    return Picture(rgb, alpha, 16 if bit_depth > 8 else 8, grayscale, icc, exif, fmt, label)
+    return Picture(rgb, alpha, 16 if bit_depth > 8 else 8, grayscale, icc, exif, fmt, label, sample_bits)
 
 
 def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
@@ -540,38 +739,34 @@ def _tiff_exif(im: Image.Image) -> tuple[bytes | None, int]:
 # Encoding
 
 
-def _normalise_format(fmt: str) -> str:
-    name = fmt.strip().upper().lstrip(".")
-    name = _FORMAT_ALIASES.get(name, name)
-    if name not in FORMATS:
-        raise UsageError(f"unsupported output format {fmt!r}; use one of {', '.join(FORMATS)}")
-    return name
-
-
 def encode_image(pic: Picture, fmt: str, *, quality: int = 95, bit_depth: int | None = None) -> bytes:
     """Encode for writing: PNG/TIFF keep 16 bits when the source had them, metadata is embedded.
 
-    JPEG and BMP cannot hold alpha, so it is dropped (not composited): flatten first if you want a
-    background. WebP has no grey mode, so grey sources become neutral RGB there.
+    HEIC keeps more than 8 bits as 10 (12 when the source stored 12): ``bit_depth=16`` asks for
+    that. JPEG and BMP cannot hold alpha, so it is dropped (not composited): flatten first if you
+    want a background. WebP has no grey mode, so grey sources become neutral RGB there. AVIF is
+    written at 8 bits (Pillow's plugin).
     """
-    fmt = _normalise_format(fmt)
+    fmt = normalise_format(fmt)
     if not 1 <= quality <= 100:
-        raise UsageError(f"JPEG/WebP quality must be between 1 and 100, not {quality}")
+        raise UsageError(f"JPEG/WebP/HEIC/AVIF quality must be between 1 and 100, not {quality}")
+    high = ("HEIC",) + _HIGH_DEPTH
     if bit_depth is None:
-        depth = (16 if pic.bit_depth > 8 else 8) if fmt in _HIGH_DEPTH else 8
+        depth = (16 if pic.bit_depth > 8 else 8) if fmt in high else 8
     elif bit_depth not in (8, 16):
         raise UsageError(f"bit depth must be 8 or 16, not {bit_depth}")
-    elif bit_depth == 16 and fmt not in _HIGH_DEPTH:
-        raise UsageError(f"{fmt} holds 8 bits per channel; write PNG or TIFF for 16-bit output")
+    elif bit_depth == 16 and fmt not in high:
+        raise UsageError(f"{fmt} holds 8 bits per channel here; write PNG, TIFF or HEIC for deeper output")
     else:
         depth = bit_depth
+    check_format_available(fmt, pic.source)
 
     rgb = np.asarray(pic.rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise InputError(f"{pic.source}: expected an (H, W, 3) image, got shape {rgb.shape}")
     if not np.isfinite(rgb).all():
         raise NonFiniteError(f"{pic.source}: the model produced non-finite values; nothing was written")
-    alpha = pic.alpha if fmt in ("PNG", "TIFF", "WEBP") else None
+    alpha = pic.alpha if fmt in ("PNG", "TIFF", "WEBP", "HEIC", "AVIF") else None
     if alpha is not None:
         alpha = np.asarray(alpha)
         if alpha.shape != rgb.shape[:2]:
@@ -585,6 +780,12 @@ def encode_image(pic: Picture, fmt: str, *, quality: int = 95, bit_depth: int | 
     else:
         colour = rgb
     planes = colour if alpha is None else np.concatenate([colour, alpha[:, :, None]], axis=2)
+    if fmt == "HEIC":
+        stored = 8 if depth == 8 else (pic.sample_bits if pic.sample_bits in (10, 12) else 10)
+        icc = pic.icc_profile
+        if icc is not None and _icc_space(icc) != (b"GRAY" if pic.grayscale else b"RGB "):
+            icc = None
+        return _encode_heif(_quantise(planes, stored), stored, quality, icc, pic.exif)
     pix = _quantise(planes, depth)
 
     gray_out = pix.shape[2] in (1, 2)
@@ -604,10 +805,33 @@ def encode_image(pic: Picture, fmt: str, *, quality: int = 95, bit_depth: int | 
 
 def _quantise(values: np.ndarray, depth: int) -> np.ndarray:
     """Round (not truncate) to the nearest code value, so read -> write is lossless."""
-    top = 65535 if depth == 16 else 255
+    top = (1 << depth) - 1
     scaled = np.clip(values, 0.0, 1.0, dtype=np.float32)  # the one float copy; the rest in place
     scaled *= np.float32(top)
-    return np.rint(scaled, out=scaled).astype(np.uint16 if depth == 16 else np.uint8)
+    return np.rint(scaled, out=scaled).astype(np.uint16 if depth > 8 else np.uint8)
+
+
+def _encode_heif(pix: np.ndarray, bits: int, quality: int, icc: bytes | None, exif: bytes | None) -> bytes:
+    """HEIC (HEVC in HEIF) through pillow-heif: 8, 10 or 12 bits, 4:4:4 chroma from quality 90 up.
+
+    ``pix`` holds the stored code values (0..2^bits - 1). The EXIF goes in as is: its Orientation is
+    already 1, so the pixels are written upright and no rotation box is needed.
+    """
+    pillow_heif = require_extra(*_HEIF_EXTRA)
+    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[pix.shape[2]] + (f";{bits}" if bits > 8 else "")
+    h, w = pix.shape[:2]
+    kwargs: dict[str, object] = {"quality": quality, "chroma": 444 if quality >= _FULL_CHROMA_QUALITY else 420}
+    if icc is not None:
+        kwargs["icc_profile"] = icc
+    if exif is not None:
+        kwargs["exif"] = exif
+    try:
+        heif = pillow_heif.from_bytes(mode=mode, size=(w, h), data=np.ascontiguousarray(pix).tobytes())
+        buf = io.BytesIO()
+        heif.save(buf, **kwargs)
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise OutputError(f"HEIC encoding failed ({exc}); try another --format") from None
+    return buf.getvalue()
 
 
 def _encode_pillow(pix: np.ndarray, fmt: str, quality: int, icc: bytes | None, exif: bytes | None) -> bytes:
@@ -628,6 +852,8 @@ def _encode_pillow(pix: np.ndarray, fmt: str, quality: int, icc: bytes | None, e
         kwargs.update(quality=quality, subsampling=0 if quality >= 90 else 2, optimize=False)
     elif fmt == "WEBP":
         kwargs.update(quality=quality)
+    elif fmt == "AVIF":
+        kwargs.update(quality=quality, subsampling="4:4:4" if quality >= _FULL_CHROMA_QUALITY else "4:2:0")
     elif fmt == "PNG":
         kwargs.update(compress_level=6, optimize=False)
     # TIFF: Pillow's own writer (uncompressed) is the one that also writes the EXIF sub-IFD.

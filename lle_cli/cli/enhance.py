@@ -1,4 +1,4 @@
-"""``lle enhance``: enhance images with a registered model."""
+"""``lle enhance``: enhance photos (JPEG, PNG, TIFF, WebP, BMP, HEIC, AVIF, camera RAW) and videos."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import typer
 from .. import api
 from .._cpu import keep_freed_memory
 from ..batch import STDIO, OutputOptions, plan_jobs, run_batch
+from ..video import VideoOptions, is_video_path
 from .. import record as run_record
 from ..errors import UsageError
 from ..ood import ood_warner
@@ -22,7 +23,7 @@ from ._common import (
 
 
 def enhance(
-    inputs: Annotated[list[str], typer.Argument(help="Image files, directories, globs, or - to read one image from stdin.", show_default=False)],
+    inputs: Annotated[list[str], typer.Argument(help="Photos, videos, directories, globs, or - to read one image from stdin.", show_default=False)],
     output: Annotated[
         Optional[str],
         typer.Option("--output", "-o", help="Output file, directory (several inputs or a trailing /), or - for PNG on stdout. Default: beside each input with --suffix."),
@@ -35,9 +36,17 @@ def enhance(
     tile: Annotated[
         str, typer.Option("--tile", help="Largest tile size in pixels for large images, 0 to never tile, auto: tile only what would not fit in memory.")
     ] = "auto",
-    fmt: Annotated[Optional[str], typer.Option("--format", "-f", help="png, jpeg, tiff, webp or bmp; default: the input's format.")] = None,
-    quality: Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG/WebP quality.")] = 95,
-    bit_depth: Annotated[Optional[int], typer.Option("--bit-depth", help="8 or 16 (PNG/TIFF); default: the input's.")] = None,
+    fmt: Annotated[
+        Optional[str],
+        typer.Option("--format", "-f", help="Photos: png, jpeg, tiff, webp, bmp, heic or avif; default: the input's format (16-bit TIFF for camera RAW). Videos keep their container."),
+    ] = None,
+    quality: Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG/WebP/HEIC/AVIF quality (90 and up: full-resolution colour).")] = 95,
+    bit_depth: Annotated[Optional[int], typer.Option("--bit-depth", help="8 or 16 (PNG/TIFF; HEIC: 16 keeps 10 or 12 bits); default: the input's.")] = None,
+    strength: Annotated[float, typer.Option("--strength", help="How much of the enhancement to apply: 0 the input, 1 the model's output, in between blended in linear light.")] = 1.0,
+    raw: Annotated[str, typer.Option("--raw", help="Camera RAW rendering: srgb (camera white balance, sRGB curve, exposure as shot) or linear (scene-linear light, linear-sRGB profile).")] = "srgb",
+    smoothing: Annotated[float, typer.Option("--smoothing", help="Videos: seconds over which the per-frame brightness gain is averaged against flicker; 0 turns it off.")] = 0.5,
+    video_codec: Annotated[Optional[str], typer.Option("--video-codec", help="Videos: encoder (e.g. libx264, libx265); default: the input's codec where an encoder exists, else H.264.")] = None,
+    crf: Annotated[int, typer.Option("--crf", min=0, max=51, help="Videos: x264/x265 constant quality, lower is better and larger.")] = 18,
     suffix: Annotated[str, typer.Option("--suffix", help="Added to the file name when writing beside the input.")] = "_enhanced",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files (never an input: see --in-place).")] = False,
     in_place: Annotated[bool, typer.Option("--in-place", help="Replace each input with its enhanced image (atomically); without -o the output is the input itself.")] = False,
@@ -53,7 +62,7 @@ def enhance(
         Optional[Path], typer.Option("--ood-stats", help="LLFlow: warn about inputs above these `lle score-ood fit` statistics' threshold (default: the model's shipped ones).")
     ] = None,
 ) -> int:
-    """Enhance low-light or backlit photos. Exit code 0: all written, 1: some failed, 2: usage error."""
+    """Enhance low-light or backlit photos and videos. Exit code 0: all written, 1: some failed, 2: usage error (or a missing optional package)."""
     if bit_depth not in (None, 8, 16):
         raise UsageError("--bit-depth must be 8 or 16")
     if tile != "auto" and not tile.isdigit():
@@ -65,7 +74,8 @@ def enhance(
         raise UsageError("--skip-existing keeps existing outputs and --overwrite replaces them; pass one of them")
     api.check_options(model, tile=tile_px, device=device, precision=precision)  # before any weights are read
     opts = OutputOptions(suffix=suffix, format=fmt, quality=quality, bit_depth=bit_depth, overwrite=overwrite,
-                         in_place=in_place, skip_existing=skip_existing)
+                         in_place=in_place, skip_existing=skip_existing, strength=strength, raw=raw,
+                         video=VideoOptions(smoothing=smoothing, codec=video_codec, crf=crf))
     notes: list[str] = []
     jobs, opts = plan_jobs(inputs, output, opts, recursive=recursive, notes=notes)
     for line in notes:
@@ -93,7 +103,8 @@ def enhance(
     run = run_record.new_run("enhance", model=loaded, options={
         "model": model, "weights": weights, "device": device, "precision": precision, "tile": tile, "output": output, "format": opts.format,
         "quality": quality, "bit_depth": bit_depth, "suffix": suffix, "overwrite": overwrite, "in_place": in_place,
-        "skip_existing": skip_existing, "recursive": recursive,
+        "skip_existing": skip_existing, "recursive": recursive, "strength": strength, "raw": raw, "smoothing": smoothing,
+        "video_codec": video_codec, "crf": crf,
     }) if recording else None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn  # only once there is work
 
@@ -103,20 +114,35 @@ def enhance(
     )
     skipped = 0
     interrupted = False
+    frame_tasks: dict[str, object] = {}
+
+    def on_frame(job, done: int, total: Optional[int]) -> None:
+        # a video gets its own bar, frame by frame, under the batch's
+        if job.input not in frame_tasks:
+            frame_tasks[job.input] = progress.add_task(f"{Path(job.input).name} frames", total=total)
+        progress.update(frame_tasks[job.input], completed=done, total=total)
+
     try:
         with progress:
             task = progress.add_task("enhancing", total=len(jobs))
-            for result in run_batch(loaded, jobs, opts, stdin=stdin_bytes, stdout=sys.stdout.buffer, digests=recording):
+            for result in run_batch(loaded, jobs, opts, stdin=stdin_bytes, stdout=sys.stdout.buffer, digests=recording,
+                                    frame_progress=on_frame if show_progress(quiet, json_out) else None):
                 results.append(result)
+                if result.input in frame_tasks:
+                    progress.remove_task(frame_tasks.pop(result.input))
                 if json_out:
                     print(json.dumps(result.to_dict()), flush=True)
                 elif result.status == "ok" and result.output != STDIO:
                     print(result.output, flush=True)
+                if not quiet and not json_out:
+                    for line in result.warnings:
+                        warning(line)
                 if result.status == "ok":
                     ok += 1
                     if opts.in_place and result.output == result.input and not quiet and not json_out:
                         note(f"{result.input}: replaced in place")
-                    message = warn_ood(result.input, stdin_bytes) if warn_ood and not quiet else None
+                    # the OOD statistics describe photos; a video's frames are not scored
+                    message = warn_ood(result.input, stdin_bytes) if warn_ood and not quiet and not is_video_path(result.input) else None
                     if message:
                         warning(message)
                 elif result.status == "skipped":
