@@ -268,3 +268,55 @@ def score_ood(model: LoadedModel, inputs, *, stats=None, **kwargs):
 
     stats, _ = stats_for(model, stats)
     return _score(model, stats, [str(p) for p in inputs], **kwargs)
+
+
+# ---- the rest of the public surface, imported on first use ------------------------------------
+# The command line reaches the library only through this module. These names live in their own
+# modules (batch processing, run records, evaluation, OOD scoring, training, ...); they are loaded
+# when first used, so that `import lle_cli.api` stays cheap for a command that needs none of them.
+_LAZY: dict[str, str] = {
+    # batch enhancement and files
+    "STDIO": "batch", "OutputOptions": "batch", "plan_jobs": "batch", "run_batch": "batch", "expand_inputs": "batch",
+    "write_bytes_atomic": "atomic", "sha256_file": "weights", "keep_freed_memory": "_cpu",
+    "VideoOptions": "video", "is_video_path": "video",
+    # run records
+    "new_run": "record", "write_job_records": "record", "write_run": "record", "add_output": "record",
+    "finish_run": "record",
+    # sampling a flow
+    "OWN_OUTPUT_STEM": "sampling", "SampleOptions": "sampling", "check_sample_options": "sampling:check_options",
+    "ensure_flow_model": "sampling", "normalise_format": "sampling", "run_sample_job": "sampling",
+    # evaluation and metrics
+    "METRICS": "evaluate", "PROTOCOLS": "evaluate", "EvalReport": "evaluate", "Extras": "evaluate",
+    "get_protocol": "evaluate", "sort_results": "evaluate", "load_lpips": "metrics", "load_no_reference": "metrics",
+    # weights and the cache
+    "hub_cached_file": "download", "embedded_path": "loading", "weights_location": "loading",
+    "cached_weights_path": "cache",
+    # OOD scoring
+    "ood_warner": "ood", "ensure_feature_model": "ood", "load_stats": "ood", "stats_for": "ood", "ImageScore": "ood",
+    "heatmap": "ood", "summarise_scores": "ood:summarise", "correlations": "ood", "DEFAULT_PATCH": "ood",
+    "DEFAULT_PERCENTILE": "ood", "calibrate_threshold": "ood_calibration",
+    # CLIP and training
+    "ClipSpec": "clip", "select_device": "device", "ZeroReferenceWeights": "losses",
+    "ZeroDCETrainConfig": "train.zero_dce", "train_zero_dce": "train.zero_dce",
+    "LLFlowTrainConfig": "train.llflow", "train_llflow": "train.llflow",
+    "DegradeSpec": "degrade", "write_synthetic_pairs": "degrade",
+    "RaveLossWeights": "train.rave", "RaveTrainConfig": "train.rave",
+    "ClipLitLatentLossWeights": "train.clip_lit_latent", "ClipLitLatentTrainConfig": "train.clip_lit_latent",
+    "SEGMENTERS": "train.scl_lle", "SclTrainConfig": "train.scl_lle", "SegSpec": "train.scl_lle", "VggSpec": "train.scl_lle",
+}
+
+
+def __getattr__(name: str):
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    module, _, attr = target.partition(":")
+    value = getattr(importlib.import_module(f"{__package__}.{module}"), attr or name)
+    globals()[name] = value  # the next lookup is a plain global
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -10,12 +10,8 @@ from typing import Annotated, Optional
 import typer
 
 from .. import api
-from .._cpu import keep_freed_memory
-from ..batch import STDIO, OutputOptions, plan_jobs, run_batch
-from ..video import VideoOptions, is_video_path
-from .. import record as run_record
+from ..api import STDIO, OutputOptions, VideoOptions, is_video_path, keep_freed_memory, ood_warner, plan_jobs, run_batch
 from ..errors import UsageError
-from ..ood import ood_warner
 from ._common import (
     DeviceOpt, JsonOpt, ModelOpt, OfflineOpt, PrecisionOpt, QuietOpt, WeightsOpt, download_progress, err_console, error,
     label_column, note, say, show_progress, warning,
@@ -100,7 +96,7 @@ def enhance(
     failures: list[str] = []
     ok = 0
     results = []
-    run = run_record.new_run("enhance", model=loaded, options={
+    run = api.new_run("enhance", model=loaded, options={
         "model": model, "weights": weights, "device": device, "precision": precision, "tile": tile, "output": output, "format": opts.format,
         "quality": quality, "bit_depth": bit_depth, "suffix": suffix, "overwrite": overwrite, "in_place": in_place,
         "skip_existing": skip_existing, "recursive": recursive, "strength": strength, "raw": raw, "smoothing": smoothing,
@@ -165,7 +161,7 @@ def enhance(
         if not interrupted and not quiet and not json_out and len(jobs) > 1:
             say(f"{ok} enhanced, {skipped} skipped, {len(failures)} failed" if skipped else f"{ok} enhanced, {len(failures)} failed")
         if run is not None:
-            for path in run_record.write_job_records(loaded, results, command="enhance", options={}, run=run, interrupted=interrupted):
+            for path in api.write_job_records(loaded, results, command="enhance", options={}, run=run, interrupted=interrupted):
                 if not quiet and not json_out:
                     note(f"run record: {path}")
     return 1 if failures else 0

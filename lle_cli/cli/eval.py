@@ -16,8 +16,7 @@ from rich.table import Table
 
 from .. import api
 from ..errors import UsageError
-from ..evaluate import METRICS, PROTOCOLS, EvalReport, Extras, get_protocol, sort_results
-from ..metrics import load_lpips, load_no_reference
+from ..api import METRICS, PROTOCOLS, EvalReport, Extras, get_protocol, load_lpips, load_no_reference, sort_results
 from ._common import (
     DeviceOpt, OfflineOpt, PrecisionOpt, QuietOpt, WeightsOpt, download_progress, err_console, error, label_column, note, show_progress,
 )

@@ -10,10 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .. import api, cache
-from ..download import hub_cached_file
+from .. import api
+from ..api import embedded_path, hub_cached_file, weights_location
 from ..errors import LLEError, UsageError
-from ..loading import embedded_path, weights_location
 from ._common import (
     JsonOpt, OfflineOpt, QuietOpt, download_progress, err_console, error, show_progress, warning,
 )
@@ -32,7 +31,7 @@ def _path(entry) -> str | None:
     emb = embedded_path(entry)
     if emb is not None:
         return str(emb)
-    p = cache.cached_weights_path(entry.name)
+    p = api.cached_weights_path(entry.name)
     return str(p) if p.is_file() else None
 
 
@@ -71,7 +70,7 @@ def info(name: Annotated[str, typer.Argument(help="Model name or alias.")], json
     data = {
         "name": e.name, "family": e.family, "task": e.task, "title": e.title, "paper": e.paper, "license": e.license,
         "training_data": e.training_data, "parameters": e.parameters, "architecture": e.architecture,
-        "weights": weights_location(e), "cache_path": str(cache.cached_weights_path(e.name)),
+        "weights": weights_location(e), "cache_path": str(api.cached_weights_path(e.name)),
         "hub": e.hub.__dict__ if e.hub else None, "upstream": _upstream_info(e.upstream),
         "embedded": e.embedded, "training": e.training, "notes": e.notes,
     }

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 from rich.table import Table
 
 from .. import api
-from ..clip import ClipSpec
+from ..api import ClipSpec
 from ..errors import OutputExistsError, UsageError
 from ._common import (
     DeviceOpt, JsonOpt, OfflineOpt, QuietOpt, err_console, label_column, note, show_progress,

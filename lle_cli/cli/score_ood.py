@@ -21,10 +21,10 @@ from rich.progress import (
 from rich.table import Table
 from typer.core import TyperGroup
 
-from .. import api, ood
-from ..batch import STDIO, expand_inputs
+from .. import api
+from ..api import STDIO, expand_inputs
 from ..errors import OutputExistsError, UsageError
-from ..imageio import write_bytes_atomic
+from ..api import write_bytes_atomic
 from ._common import (
     DeviceOpt,
     JsonOpt,
@@ -107,10 +107,10 @@ def fit(
     output: Annotated[Path, typer.Option("--output", "-o", help="Statistics file to write (.safetensors).")],
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="An LLFlow-family model; default: the one `lle sample` uses.")] = None,
     weights: WeightsOpt = None,
-    patch_size: Annotated[int, typer.Option("--patch-size", min=2, help="Patch side in pixels; each patch's features are averaged.")] = ood.DEFAULT_PATCH,
+    patch_size: Annotated[int, typer.Option("--patch-size", min=2, help="Patch side in pixels; each patch's features are averaged.")] = api.DEFAULT_PATCH,
     blocks: Annotated[Optional[str], typer.Option("--blocks", help="RRDB blocks whose outputs are concatenated, e.g. 1,3,5,7; default: the model's stacked blocks.")] = None,
     shrinkage: Annotated[str, typer.Option("--shrinkage", help="Covariance shrinkage towards a scaled identity: auto (Ledoit-Wolf) or 0..1.")] = "auto",
-    percentile: Annotated[float, typer.Option("--percentile", help="Warning threshold: this percentile of the training images' out-of-fold scores.")] = ood.DEFAULT_PERCENTILE,
+    percentile: Annotated[float, typer.Option("--percentile", help="Warning threshold: this percentile of the training images' out-of-fold scores.")] = api.DEFAULT_PERCENTILE,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing statistics file.")] = False,
     offline: OfflineOpt = False,
     device: DeviceOpt = "auto",
@@ -130,7 +130,7 @@ def fit(
     if not paths:
         raise UsageError("no training images found; pass a folder of the model's training inputs")
     loaded = api.load_model(_default_model(model), weights=weights, device=device, precision=precision, offline=offline)
-    ood.ensure_feature_model(loaded)
+    api.ensure_feature_model(loaded)
     failed: list[str] = [e for _, e in bad]
     with _progress(quiet, json_out) as prog:
         task = prog.add_task("features", total=len(paths))
@@ -177,7 +177,7 @@ def calibrate(
     """
     import dataclasses
 
-    from ..ood_calibration import calibrate_threshold
+    from ..api import calibrate_threshold
 
     if output.exists() and not overwrite:
         raise OutputExistsError(f"{output}: already exists; pass --overwrite to replace it")
@@ -188,12 +188,12 @@ def calibrate(
         error(err)
     if not paths:
         raise UsageError("no images found to calibrate on; pass folders of real photos")
-    stats0 = ood.load_stats(stats_path) if stats_path is not None else None
+    stats0 = api.load_stats(stats_path) if stats_path is not None else None
     loaded = api.load_model(_default_model(model or (stats0.model.get("name") if stats0 else None)), weights=weights,
                             device=device, precision=precision, offline=offline)
-    ood.ensure_feature_model(loaded)
-    stats, _ = ood.stats_for(loaded, stats_path)
-    results: list[ood.ImageScore] = []
+    api.ensure_feature_model(loaded)
+    stats, _ = api.stats_for(loaded, stats_path)
+    results: list[api.ImageScore] = []
     failures = [e for _, e in bad]
     with _progress(quiet, json_out) as prog:
         task = prog.add_task("validating", total=len(paths))
@@ -228,7 +228,7 @@ def _fmt(v: float | None, spec: str = ".4g") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def _rows(results: list[ood.ImageScore], patches: bool, threshold: float, model: str = "") -> list[dict]:
+def _rows(results: list[api.ImageScore], patches: bool, threshold: float, model: str = "") -> list[dict]:
     """Ranked rows (highest score first): one per image, or one per patch."""
     ok = [r for r in results if r.status == "ok"]
     if not patches:
@@ -295,17 +295,17 @@ def score(
         raise UsageError(f"--heatmap {heatmap}: must be a directory")
     paths, bad = _inputs(inputs)
     stdin_bytes = sys.stdin.buffer.read() if STDIO in paths else None
-    stats = ood.load_stats(stats_path) if stats_path is not None else None
+    stats = api.load_stats(stats_path) if stats_path is not None else None
     name = model or (stats.model.get("name") if stats else None)
     loaded = api.load_model(_default_model(name), weights=weights, device=device, precision=precision, offline=offline)
-    ood.ensure_feature_model(loaded)
-    stats, _ = ood.stats_for(loaded, stats_path)  # refuses statistics of other models or weights
+    api.ensure_feature_model(loaded)
+    stats, _ = api.stats_for(loaded, stats_path)  # refuses statistics of other models or weights
     machine = json_out or csv_out
     if not quiet and not machine:
         note(f"model {loaded.name} ({loaded.weights_source}) on {loaded.device}")
     written: set[str] = set()
 
-    def save_heatmap(res: ood.ImageScore, rgb) -> None:
+    def save_heatmap(res: api.ImageScore, rgb) -> None:
         stem = "stdin" if res.input == STDIO else Path(res.input).stem
         name, k = f"{stem}_ood.png", 1
         while name in written:
@@ -316,11 +316,11 @@ def score(
         from PIL import Image
 
         buf = io.BytesIO()
-        Image.fromarray(ood.heatmap(rgb, res, stats.threshold)).save(buf, format="PNG")
+        Image.fromarray(api.heatmap(rgb, res, stats.threshold)).save(buf, format="PNG")
         write_bytes_atomic(heatmap / name, buf.getvalue(), overwrite=overwrite)
         res.heatmap = str(heatmap / name)
 
-    results: list[ood.ImageScore] = []
+    results: list[api.ImageScore] = []
     failures = [e for _, e in bad]
     for err in failures:
         error(f"{err}")
@@ -334,7 +334,7 @@ def score(
                 error(f"{res.error}")
             prog.update(task, advance=1, description=Path(res.input).name)
     rows = _rows(results, patches, stats.threshold, loaded.name)[: top or None]
-    summary = ood.summarise(results, patches=patches)
+    summary = api.summarise_scores(results, patches=patches)
     summary.update(threshold=stats.threshold, threshold_percentile=stats.percentile, model=loaded.name)
     if json_out:
         for row in rows:

@@ -8,10 +8,8 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..device import select_device
 from ..errors import OutputExistsError
-from ..losses import ZeroReferenceWeights
-from ..train.zero_dce import ZeroDCETrainConfig, train_zero_dce
+from ..api import ZeroDCETrainConfig, ZeroReferenceWeights, select_device, train_zero_dce
 from ._common import (
     DeviceOpt, QuietOpt, err_console, note, show_progress,
 )

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..device import select_device
+from ..api import select_device
 from ..errors import UsageError
 from ._common import DeviceOpt, QuietOpt, err_console, show_progress
 from .train_guided import OverwriteOpt, ResumeOpt, RunDirOpt, _check_output, _log
@@ -51,7 +51,7 @@ def llflow(
     quiet: QuietOpt = False,
 ) -> int:
     """Train LLFlow (affine or RQ-spline couplings) on paired low/normal-light images; runs under torchrun too."""
-    from ..train.llflow import LLFlowTrainConfig, train_llflow
+    from ..api import LLFlowTrainConfig, train_llflow
 
     _check_output(output, overwrite)
     try:
@@ -96,7 +96,7 @@ def synth_pairs(
     """Make synthetic low/normal-light pairs: exposure, colour cast, blur, sensor noise, tone curve, JPEG (lle_cli.degrade)."""
     import dataclasses
 
-    from ..degrade import DegradeSpec, write_synthetic_pairs
+    from ..api import DegradeSpec, write_synthetic_pairs
 
     if degradation not in ("camera", "classic"):
         raise UsageError(f"--degradation {degradation!r}: expected camera or classic")

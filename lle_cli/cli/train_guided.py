@@ -14,12 +14,11 @@ from typing import Annotated, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..clip import ClipSpec
-from ..device import select_device
 from ..errors import OutputExistsError, UsageError
-from ..train.clip_lit_latent import ClipLitLatentLossWeights, ClipLitLatentTrainConfig
-from ..train.rave import RaveLossWeights, RaveTrainConfig
-from ..train.scl_lle import SEGMENTERS, SclTrainConfig, SegSpec, VggSpec
+from ..api import (
+    SEGMENTERS, ClipLitLatentLossWeights, ClipLitLatentTrainConfig, ClipSpec, RaveLossWeights, RaveTrainConfig, SclTrainConfig,
+    SegSpec, VggSpec, select_device,
+)
 from ._common import (
     DeviceOpt, QuietOpt, err_console, note, show_progress,
 )
@@ -105,7 +104,7 @@ def rave(
     quiet: QuietOpt = False,
 ) -> int:
     """Train a RAVE illumination UNet guided by the residual vector of your backlit/well-lit images."""
-    from ..train.rave import train_rave
+    from ..api import train_rave
 
     _check_output(output, overwrite)
     cfg = RaveTrainConfig(
@@ -165,7 +164,7 @@ def clip_lit_latent(
     quiet: QuietOpt = False,
 ) -> int:
     """Train the CLIP-LIT-Latent baseline: a latent prompt pair in CLIP space and the UNet, in rounds."""
-    from ..train.clip_lit_latent import train_clip_lit_latent
+    from ..api import train_clip_lit_latent
 
     _check_output(output, overwrite)
     cfg = ClipLitLatentTrainConfig(
@@ -207,7 +206,7 @@ def scl_lle(
     quiet: QuietOpt = False,
 ) -> int:
     """Train a Zero-DCE curve network with SCL-LLE's contrastive, semantic and feature losses."""
-    from ..train.scl_lle import train_scl_lle
+    from ..api import train_scl_lle
 
     _check_output(output, overwrite)
     cfg = SclTrainConfig(
