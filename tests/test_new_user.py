@@ -196,17 +196,23 @@ def test_score_ood_scores_the_others_when_one_image_gives_non_finite_features(tm
 
     def poisoned(*a, **k):
         m = real(*a, **k)
-        # the white image's features become NaN: what a broken encoder or a bad input would give
-        m.module.RRDB.conv_first.register_forward_hook(
-            lambda mod, args, out: out * float("nan") if float(args[0][:, :3].mean()) > -0.1 else None)
+        prepare = m.module.prepare
+
+        def nan_for_white(x):
+            # the white image's encoder input becomes NaN: what a broken encoder or a bad input would give
+            lq, pad = prepare(x)
+            return (lq * float("nan"), pad) if float(x.mean()) > 0.9 else (lq, pad)
+
+        m.module.prepare = nan_for_white
         return m
 
     monkeypatch.setattr(api, "load_model", poisoned)
     code, out, err = run(capsys, "score-ood", folder, "--json")
     assert code == 1
     rows = [json.loads(line) for line in out.splitlines() if '"input"' in line]
-    assert sorted(Path(r["input"]).name for r in rows) == ["p0.png", "p1.png"]
-    assert "white.png" in err and "non-finite" in err
+    assert sorted(Path(r["input"]).name for r in rows if r["status"] == "ok") == ["p0.png", "p1.png"]
+    [bad] = [r for r in rows if r["status"] == "error"]
+    assert Path(bad["input"]).name == "white.png" and "non-finite" in bad["error"] and "white.png" in bad["error"]
     assert torch.is_tensor(torch.zeros(1))  # torch stayed usable (no global state left broken)
 
 
