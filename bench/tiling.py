@@ -1,20 +1,25 @@
-"""Tiled inference per family: tiled vs untiled difference and time, and peak memory on a huge photo.
+"""Tiled inference per family: tiled vs untiled difference and time, and whole-process peak memory on big photos.
 
-    python bench/tiling.py [--families F ...] [--diff-size WxH] [--rss-size WxH] [--skip-diff] [--skip-rss]
-                           [--threads T] [--json PATH]
+    python bench/tiling.py [--families F ...] [--diff-size WxH] [--rss-sizes WxH,...] [--sample-n N]
+                           [--skip-diff] [--skip-rss] [--skip-sample] [--threads T] [--json PATH]
 
 * diff: the same image (a real backlit photo from ../shared/data resized to ``--diff-size``, or a
   synthetic one) enhanced whole (``tile=0``) and with the automatic tiling, each in its own process;
   the largest difference in 8-bit levels (``round(255 x)``), the mean absolute difference, the run
   times and each run's peak RSS.
-* rss: a synthetic JPEG of ``--rss-size`` (default 24 MP) read, enhanced (automatic tiling),
-  encoded as PNG and written by ``lle_cli.batch.run_job``, the code ``lle enhance`` runs, in a fresh
-  process; its peak RSS (``VmHWM``, see ``enhance.peak_rss_mib``). Untiled would not fit, so only the tiled run is measured.
+* rss: for each of ``--rss-sizes`` (default 8 MP and 24 MP), a JPEG of that size (the backlit photo
+  resized, or a synthetic scene) run through the real commands, each in a fresh process:
+  ``lle enhance`` with one model per family and ``lle sample --n N`` (default 4) with its default
+  model. The child calls the CLI's ``main`` (read, OOD warning, tiles, write, contact sheet), then
+  reports its own peak RSS (``VmHWM``, see ``enhance.peak_rss_mib``), which must stay under the
+  documented whole-process budget (``runner.PROCESS_MEMORY_MB``, 2.5 GiB).
 
-Weights: upstream RAVE (``rave.unpaired``) when ../shared is present, the embedded Zero-DCE, and
-LLFlow's small config (``llflow.lol-small``) with **random weights** after one data-dependent
-ActNorm initialisation (so its outputs are not all clipped); run time and memory do not depend on
-the weight values, the tiled-vs-untiled difference does.
+Models: the diff uses upstream RAVE (``rave.unpaired``) when ../shared is present, the embedded
+Zero-DCE, and LLFlow's small config (``llflow.lol-small``) with **random weights** after one
+data-dependent ActNorm initialisation (run time and memory do not depend on the weight values, the
+tiled-vs-untiled difference does). The rss runs use the models a user runs: ``rave.unpaired`` with
+``--weights ../shared/upstream/weights/rave_unpaired.pth``, the embedded ``zero-dce.lle-sice`` and
+``llflow.lle-synth-rqs`` (also ``lle sample``'s default).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # benchmark the checkout this script sits in, installed or not
 sys.path.insert(0, str(ROOT / "bench"))
 
-from enhance import cpu_model, load_for_bench, parse_sizes, peak_rss_mib, pick_entry
+from enhance import LOCAL_NAMES, UPSTREAM_DIR, cpu_model, load_for_bench, parse_sizes, peak_rss_mib, pick_entry
 
 from lle_cli.models import FAMILIES, build_model
 from lle_cli.registry import get_registry
@@ -106,22 +111,68 @@ def child_diff(family: str, w: int, h: int, mode: str, out_path: str) -> dict[st
             **describe_plan(plan), "image": source, "model": model.name, "weights": model.weights_source}
 
 
-def child_rss(family: str, w: int, h: int, work: str) -> dict[str, Any]:
+def cli_model(family: str) -> tuple[str, Path | None]:
+    """The model a user runs for this family and the ``--weights`` file it needs (None: embedded)."""
+    from lle_cli.loading import embedded_path
+    from lle_cli.weights import sha256_file
+
+    if family == "llflow":
+        return "llflow.lle-synth-rqs", None  # embedded, real weights, and `lle sample`'s default
+    entry = pick_entry(family)
+    if entry.upstream is not None:
+        path = UPSTREAM_DIR / LOCAL_NAMES.get(entry.name, entry.upstream.filename)
+        if path.is_file() and sha256_file(path) == entry.upstream.sha256:
+            return entry.name, path
+    if embedded_path(entry) is not None:
+        return entry.name, None
+    raise SystemExit(f"no weights for {entry.name} on this machine ({UPSTREAM_DIR} or embedded)")
+
+
+def big_photo(path: Path, w: int, h: int) -> str:
+    """A JPEG of w x h: the backlit photo resized (a real scene), or the synthetic one."""
     from PIL import Image
 
-    from lle_cli.batch import Job, OutputOptions, run_job
+    if PHOTO.is_file():
+        with Image.open(PHOTO) as im:
+            im.convert("RGB").resize((w, h), Image.LANCZOS).save(path, quality=92)
+        return f"{PHOTO.name} resized"
+    Image.fromarray((synthetic(h, w) * 255).astype(np.uint8)).save(path, quality=92)
+    return "synthetic"
 
-    src = Path(work) / "huge.jpg"
-    # made before the model is loaded; the encoder's memory is freed before the measured part
-    Image.fromarray((synthetic(h, w) * 255).astype(np.uint8)).save(src, quality=90)
-    model = load_family(family)
-    plan = model.tile_plan(h, w)
+
+def child_cli(command: str, family: str, w: int, h: int, work: str, n: int) -> dict[str, Any]:
+    """One real command on a fresh w x h photo; this process's peak RSS is the command's."""
+    from lle_cli.cli.main import main as lle_main
+
+    src = Path(work) / f"in_{w}x{h}.jpg"
+    if not src.is_file():
+        raise SystemExit(f"{src} missing: the parent writes it")
+    out = Path(work) / f"out_{command}_{family}"
+    out.mkdir(exist_ok=True)  # an existing folder: `lle enhance -o` then writes into it
+    name, weights = cli_model(family)
+    args = [command, str(src), "-o", str(out), "--model", name, "--overwrite", "-q", "--device", "cpu", "--no-record"]
+    if weights is not None:
+        args += ["--weights", str(weights)]
+    if command == "sample":
+        args += ["--n", str(n), "--seed", "0"]
+    from lle_cli import api
+
+    model = api.load_model(name, weights=weights, device="cpu")
+    if command == "sample":
+        from lle_cli.sampling import sampling_plan
+
+        plan = sampling_plan(model, h, w, n)
+        shape = {**describe_plan(plan.tiles), "chunk": plan.chunk, "spilled": plan.spill}
+    else:
+        shape = describe_plan(model.tile_plan(h, w))
+    del model
     t0 = time.perf_counter()
-    result = run_job(model, Job(str(src), str(Path(work) / "out.png")), OutputOptions(overwrite=True))
-    if result.status != "ok":
-        raise SystemExit(result.error)
-    return {"seconds": round(time.perf_counter() - t0, 1), "peak_rss_mib": round(peak_rss_mib(), 1),
-            **describe_plan(plan), "model": model.name, "weights": model.weights_source}
+    code = lle_main(args)
+    seconds = time.perf_counter() - t0
+    if code != 0:
+        raise SystemExit(f"lle {command} exited with {code}")
+    return {"seconds": round(seconds, 1), "peak_rss_mib": round(peak_rss_mib(), 1), **shape, "model": name,
+            "weights": "upstream " + weights.name if weights is not None else "embedded", "cmdline": " ".join(["lle", *args])}
 
 
 def run_child(*args: str) -> dict[str, Any]:
@@ -148,14 +199,17 @@ def main(argv: list[str] | None = None) -> int:
         if kind == "diff":
             print(json.dumps(child_diff(family, w, h, extra[0], extra[1])))
         else:
-            print(json.dumps(child_rss(family, w, h, extra[0])))
+            print(json.dumps(child_cli(kind, family, w, h, extra[0], int(extra[1]))))
         return 0
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--families", nargs="+", choices=sorted(FAMILIES), default=sorted(FAMILIES))
     p.add_argument("--diff-size", type=parse_sizes, default="2304x1728", help="WIDTHxHEIGHT for tiled vs untiled (default 4 MP)")
-    p.add_argument("--rss-size", type=parse_sizes, default="6000x4000", help="WIDTHxHEIGHT for peak memory (default 24 MP)")
+    p.add_argument("--rss-sizes", type=parse_sizes, default="3840x2160,6000x4000",
+                   help="WIDTHxHEIGHT list for whole-process peak memory (default 8 MP and 24 MP)")
+    p.add_argument("--sample-n", type=int, default=4, help="samples of the `lle sample` memory runs (default 4)")
     p.add_argument("--skip-diff", action="store_true")
-    p.add_argument("--skip-rss", action="store_true")
+    p.add_argument("--skip-rss", action="store_true", help="no enhance memory runs")
+    p.add_argument("--skip-sample", action="store_true", help="no `lle sample` memory runs")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads in the children")
     p.add_argument("--json", type=Path, default=DEFAULT_JSON)
     args = p.parse_args(argv)
@@ -187,20 +241,26 @@ def main(argv: list[str] | None = None) -> int:
                     "untiled_s": runs["untiled"]["seconds"], "tiled_s": runs["tiled"]["seconds"],
                     "untiled_peak_rss_mib": runs["untiled"]["peak_rss_mib"], "tiled_peak_rss_mib": runs["tiled"]["peak_rss_mib"],
                 })
-        if not args.skip_rss:
-            (w, h), = args.rss_size
-            for family in args.families:
-                print(f"rss {family} {w}x{h} ...", file=sys.stderr)
-                r = run_child("rss", family, str(w), str(h), tmp)
-                rss.append({"family": family, "size": f"{w}x{h}", "megapixels": round(w * h / 1e6, 2), **r})
+        runs = [("enhance", f) for f in args.families if not args.skip_rss] + ([("sample", "llflow")] if not args.skip_sample else [])
+        for w, h in args.rss_sizes if runs else []:
+            image = big_photo(Path(tmp) / f"in_{w}x{h}.jpg", w, h)
+            for command, family in runs:
+                print(f"rss: lle {command} {family} {w}x{h} ...", file=sys.stderr, flush=True)
+                r = run_child(command, family, str(w), str(h), tmp, str(args.sample_n))
+                row = {"command": command, "family": family, "size": f"{w}x{h}", "megapixels": round(w * h / 1e6, 2),
+                       "image": image, "n": args.sample_n if command == "sample" else None, **r,
+                       "under_budget": r["peak_rss_mib"] <= PROCESS_MEMORY_MB}
+                rss.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)  # a long run's log keeps every figure
     if diffs:
         print_table(diffs, [("family", "family"), ("model", "model"), ("size", "size"), ("tile", "tile"), ("tiles", "tiles"), ("work", "work"),
                             ("max_diff_levels", "max diff (8-bit levels)"), ("pixels_off_by_1_pct", "% px off"),
                             ("max_abs_diff", "max |diff|"), ("untiled_s", "untiled s"), ("tiled_s", "tiled s"),
                             ("untiled_peak_rss_mib", "untiled RSS MiB"), ("tiled_peak_rss_mib", "tiled RSS MiB")])
     if rss:
-        print_table(rss, [("family", "family"), ("model", "model"), ("size", "size"), ("tile", "tile"), ("tiles", "tiles"), ("work", "work"),
-                          ("seconds", "read+enhance+write s"), ("peak_rss_mib", "peak RSS MiB")])
+        print_table(rss, [("command", "command"), ("model", "model"), ("size", "size"), ("n", "n"), ("tile", "tile"), ("tiles", "tiles"),
+                          ("work", "work"), ("chunk", "latents/pass"), ("spilled", "spilled"), ("seconds", "whole command s"),
+                          ("peak_rss_mib", "peak RSS MiB"), ("under_budget", f"<= {PROCESS_MEMORY_MB} MiB")])
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"environment": env, "diff": diffs, "rss": rss}, indent=2) + "\n")
     print(f"wrote {args.json}", file=sys.stderr)

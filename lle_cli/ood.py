@@ -30,6 +30,7 @@ model (name, family, architecture, weights sha256) they belong to; other models 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator
@@ -46,6 +47,7 @@ from .errors import InputError, LLEError, UsageError, WeightsError
 from .imageio import read_image
 from .registry import ModelEntry
 from .runner import LoadedModel
+from .tiling import TilePlan
 
 __all__ = [
     "FEATURE_KIND",
@@ -67,6 +69,7 @@ __all__ = [
     "can_score",
     "error_mask",
     "default_blocks",
+    "feature_plan",
     "patch_features",
     "fit_stats",
     "fit_ood",
@@ -279,43 +282,155 @@ class _Enough(Exception):
     """Raised by the last needed block's hook: the rest of the encoder is not needed."""
 
 
+def _feature_margin(last: int) -> int:
+    """Pixels of the padded image that RRDB block ``last``'s output depends on, on each side, plus slack.
+
+    The head reaches 4 px (the noise map's central difference, two 3x3 convolutions, the 2x2
+    pooling); each RRDB block is 3 dense blocks of 5 chained 3x3 convolutions at half resolution,
+    30 px. A tile whose blending weight is zero this far from its inner edges gives exactly the
+    untiled features where the weight is not zero.
+    """
+    return 4 + 30 * (last + 1) + 8
+
+
+def feature_plan(model: LoadedModel, height: int, width: int, spec: FeatureSpec) -> TilePlan | None:
+    """Tiles for the encoder features of an image, or None to run it whole.
+
+    The same budget as ``lle enhance`` (``LoadedModel.activation_budget``), priced at the family's
+    full-pass ``activation_bytes`` (the trunk alone needs less). The margin is the needed blocks'
+    whole reach (``_feature_margin``), so tiled features equal untiled ones up to float rounding;
+    when tiles that wide would not fit the budget, the margin shrinks to what fits (no longer exact
+    near seams, but bounded in memory).
+    """
+    from .tiling import plan_within_area, tile_overlap
+
+    cfg = model.module.config
+    step = model.spec.tile_multiple
+    hp, wp = model._tiled_size(height, width)
+    per_px = model.spec.activation_bytes(cfg)
+    budget = model.activation_budget(height, width)
+    if per_px * hp * wp <= budget:
+        return None
+    area = int(budget / per_px)
+    margin = -(-_feature_margin(max(spec.blocks)) // step) * step
+    while margin > step and (2 * tile_overlap(margin, step)) ** 2 > area:
+        margin -= step
+    overlap = tile_overlap(margin, step)
+    plan = plan_within_area(hp, wp, area, overlap, margin, step, 2 * overlap)
+    return plan if plan.tiled else None
+
+
 def patch_features(model: LoadedModel, rgb: np.ndarray, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
     """(P, D) float64 pooled features and their (P, 4) boxes for one (H, W, 3) image in [0, 1].
 
     Block outputs are pooled as they are produced (never all kept: at 2048x1536 each is ~200 MB), and
-    the encoder stops after the last block needed.
+    the encoder stops after the last block needed. An image whose encoder pass would not fit the
+    memory budget runs in tiles (``feature_plan``); each box then sums its tiles' blend-weighted
+    features, which is the pooled mean of the blended feature map.
     """
     trunk = _trunk(model)
     _check_blocks(model, spec.blocks)
     h, w = rgb.shape[:2]
     boxes = patch_boxes(h, w, spec.patch_size)
     x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None]
-    pooled: dict[int, np.ndarray] = {}
-    last = max(spec.blocks)
-    with torch.inference_mode():
-        lq, pad = model.module.prepare(x.to(model.device, model.dtype))
-
-        def hook(index: int) -> Callable[..., None]:
-            def fn(module: torch.nn.Module, args: tuple, out: torch.Tensor) -> None:
-                s = lq.shape[-1] // out.shape[-1]
-                pooled[index] = pool_boxes(out[0], boxes, scale=s, offset=(pad.top, pad.left))
-                if index == last:
-                    raise _Enough
-
-            return fn
-
-        handles = [trunk[i].register_forward_hook(hook(i)) for i in set(spec.blocks)]
-        try:
-            model.module.condition(lq)
-        except _Enough:
-            pass
-        finally:
-            for hd in handles:
-                hd.remove()
-    feats = np.concatenate([pooled[i] for i in spec.blocks], axis=1)
+    plan = feature_plan(model, h, w, spec)
+    if plan is None:
+        with torch.inference_mode():
+            lq, pad = model.module.prepare(x.to(model.device, model.dtype))
+        pooled = _run_blocks(model, trunk, lq, spec, lambda index, out: pool_boxes(out[0], boxes, scale=lq.shape[-1] // out.shape[-1],
+                                                                                   offset=(pad.top, pad.left)))
+        feats = np.concatenate([pooled[i] for i in spec.blocks], axis=1)
+    else:
+        feats = _tiled_features(model, trunk, x, plan, boxes, spec)
     if not np.isfinite(feats).all():
         raise LLEError(f"model {model.name} produced non-finite encoder features; try --precision fp32")
     return feats, boxes
+
+
+def _run_blocks(
+    model: LoadedModel, trunk: torch.nn.Sequential, lq: torch.Tensor, spec: FeatureSpec,
+    reduce: Callable[[int, torch.Tensor], np.ndarray],
+) -> dict[int, np.ndarray]:
+    """``reduce(block, output)`` of each needed block as the encoder produces it; stops after the last."""
+    out: dict[int, np.ndarray] = {}
+    last = max(spec.blocks)
+
+    def hook(index: int) -> Callable[..., None]:
+        def fn(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+            out[index] = reduce(index, output)
+            if index == last:
+                raise _Enough
+
+        return fn
+
+    handles = [trunk[i].register_forward_hook(hook(i)) for i in set(spec.blocks)]
+    try:
+        with torch.inference_mode():
+            model.module.condition(lq)
+    except _Enough:
+        pass
+    finally:
+        for hd in handles:
+            hd.remove()
+    return out
+
+
+def _tiled_features(
+    model: LoadedModel, trunk: torch.nn.Sequential, x: torch.Tensor, plan: TilePlan, boxes: np.ndarray, spec: FeatureSpec
+) -> np.ndarray:
+    """Box means of the blended block outputs, accumulated tile by tile.
+
+    The blend weights sum to 1 at every pixel of the padded image; a feature pixel (2x2 pixels) takes
+    the mean of its pixels' weights, which sum to 1 as well, so adding each tile's weighted box sums
+    gives the box sums of the blended map. Boxes cover the feature pixels they touch, as ``pool_boxes``.
+    """
+    from .runner import LLFlowTiles
+
+    tiles = LLFlowTiles.of(model, x)
+    top, left = tiles.pad.top, tiles.pad.left
+    hp, wp = tiles.padded_size
+    scale = 2  # the RRDB trunk runs at half the padded resolution
+    fh, fw = hp // scale, wp // scale
+    fy0 = (boxes[:, 0] + top) // scale
+    fx0 = (boxes[:, 1] + left) // scale
+    fy1 = np.minimum(fh, -(-(boxes[:, 2] + top) // scale))
+    fx1 = np.minimum(fw, -(-(boxes[:, 3] + left) // scale))
+    sums = {b: np.zeros((len(boxes), model.module.config.nf), dtype=np.float64) for b in spec.blocks}
+
+    def half(weights: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(weights.astype(np.float64).reshape(-1, scale).mean(axis=1))
+
+    for r, c in plan:
+        origin = (r.start // scale, c.start // scale)
+        wy, wx = half(r.weights), half(c.weights)
+        live_y, live_x = np.flatnonzero(wy.numpy()), np.flatnonzero(wx.numpy())
+        # the feature pixels this tile has a say in (non-zero weight), in whole-map coordinates
+        live = (origin[0] + live_y[0], origin[0] + live_y[-1] + 1, origin[1] + live_x[0], origin[1] + live_x[-1] + 1)
+        hit = np.flatnonzero((fy0 < live[1]) & (fy1 > live[0]) & (fx0 < live[3]) & (fx1 > live[2]))
+        if not len(hit):
+            continue
+        lq = tiles.input(r, c).to(model.device, model.dtype)
+        boxes_here = (fy0[hit], fy1[hit], fx0[hit], fx1[hit])
+        _run_blocks(model, trunk, lq, spec, functools.partial(_add_box_sums, sums, hit, boxes_here, live, origin, wy, wx))
+        del lq
+    counts = ((fy1 - fy0) * (fx1 - fx0)).astype(np.float64)[:, None]
+    return np.concatenate([sums[b] / counts for b in spec.blocks], axis=1)
+
+
+def _add_box_sums(
+    sums: dict[int, np.ndarray], hit: np.ndarray, boxes: tuple[np.ndarray, ...], live: tuple[int, int, int, int],
+    origin: tuple[int, int], wy: torch.Tensor, wx: torch.Tensor, index: int, out: torch.Tensor,
+) -> np.ndarray:
+    """Add one tile's blend-weighted sums of block ``index``'s output ``out`` over each hit box."""
+    fmap = out[0]
+    (ly0, ly1, lx0, lx1), (oy, ox) = live, origin
+    for i, by0, by1, bx0, bx1 in zip(hit, *boxes):
+        y0, y1, x0, x1 = max(by0, ly0), min(by1, ly1), max(bx0, lx0), min(bx1, lx1)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        part = fmap[:, y0 - oy : y1 - oy, x0 - ox : x1 - ox].double().cpu()
+        sums[index][i] += torch.einsum("cyx,y,x->c", part, wy[y0 - oy : y1 - oy], wx[x0 - ox : x1 - ox]).numpy()
+    return sums[index]
 
 
 # --------------------------------------------------------------------------------------------
@@ -618,20 +733,24 @@ def validate_image(
     """
     from .sampling import sample_array
 
-    drawn = sample_array(model, rgb, n=n, taus=(tau,), seed=seed, batch_size=batch_size)
-    errs = [s.stats.nonfinite_fraction + s.stats.out_of_range_fraction for s in drawn.samples]
-    result.samples = len(drawn.samples)
-    result.nonfinite_samples = sum(not s.finite for s in drawn.samples)
-    result.error_probability = float(np.mean(errs))
-    result.seed = drawn.seed
-    per_patch = np.zeros(len(result.patches))
-    for s in drawn.samples:
-        mask = error_mask(s.image)
-        for i, p in enumerate(result.patches):
-            y0, x0, y1, x1 = p.box
-            per_patch[i] += mask[y0:y1, x0:x1].mean()
-    for p, e in zip(result.patches, per_patch / len(drawn.samples)):
-        p.error_probability = float(e)
+    h, w = rgb.shape[:2]
+    with sample_array(model, rgb, n=n, taus=(tau,), seed=seed, batch_size=batch_size) as drawn:
+        errs = [s.stats.nonfinite_fraction + s.stats.out_of_range_fraction for s in drawn.samples]
+        result.samples = len(drawn.samples)
+        result.nonfinite_samples = sum(not s.finite for s in drawn.samples)
+        result.error_probability = float(np.mean(errs))
+        result.seed = drawn.seed
+        # erroneous values per pixel over all samples, counted a band of rows at a time: samples of a
+        # large image are read back from the sampler's store, never all in memory
+        counts = np.zeros((h, w), dtype=np.uint16 if 3 * len(drawn.samples) < 2**16 else np.uint32)
+        step = max(1, (16 << 20) // max(w * 12, 1))
+        for s in drawn.samples:
+            for y0 in range(0, h, step):
+                counts[y0 : y0 + step] += error_mask(s.rows(y0, y0 + step)).sum(axis=2, dtype=counts.dtype)
+    for p in result.patches:
+        y0, x0, y1, x1 = p.box
+        values = (y1 - y0) * (x1 - x0) * 3 * result.samples
+        p.error_probability = float(counts[y0:y1, x0:x1].sum(dtype=np.float64) / values)
     return result
 
 
@@ -705,16 +824,25 @@ def heatmap(rgb: np.ndarray, result: ImageScore, threshold: float, *, alpha: flo
     different images compare.
     """
     h, w = rgb.shape[:2]
-    level = np.zeros((h, w), dtype=np.float64)
-    for p in result.patches:
-        y0, x0, y1, x1 = p.box
-        np.maximum(level[y0:y1, x0:x1], p.score / max(threshold, 1e-12), out=level[y0:y1, x0:x1])
-    t = np.clip(level / 2.0, 0.0, 1.0) * (len(_RAMP) - 1)
-    i = np.minimum(t.astype(np.int64), len(_RAMP) - 2)
-    f = (t - i)[..., None]
-    colour = _RAMP[i] * (1 - f) + _RAMP[i + 1] * f
-    grey = (np.clip(rgb[..., :3], 0, 1) @ np.array([0.299, 0.587, 0.114]))[..., None] * 255.0
-    return np.clip(np.rint((1 - alpha) * grey + alpha * colour), 0, 255).astype(np.uint8)
+    out = np.empty((h, w, 3), dtype=np.uint8)
+    boxes = np.array([p.box for p in result.patches], dtype=np.int64).reshape(-1, 4)
+    levels = [p.score / max(threshold, 1e-12) for p in result.patches]
+    # a band of rows at a time: the float64 colour math costs ~100 bytes per pixel, 2.4 GB at 24 MP
+    step = max(1, (16 << 20) // max(w * 100, 1))
+    for r0 in range(0, h, step):
+        r1 = min(h, r0 + step)
+        level = np.zeros((r1 - r0, w), dtype=np.float64)
+        for (y0, x0, y1, x1), v in zip(boxes, levels):
+            if y0 < r1 and y1 > r0:
+                band = level[max(y0, r0) - r0 : min(y1, r1) - r0, x0:x1]
+                np.maximum(band, v, out=band)
+        t = np.clip(level / 2.0, 0.0, 1.0) * (len(_RAMP) - 1)
+        i = np.minimum(t.astype(np.int64), len(_RAMP) - 2)
+        f = (t - i)[..., None]
+        colour = _RAMP[i] * (1 - f) + _RAMP[i + 1] * f
+        grey = (np.clip(rgb[r0:r1, :, :3], 0, 1) @ np.array([0.299, 0.587, 0.114]))[..., None] * 255.0
+        out[r0:r1] = np.clip(np.rint((1 - alpha) * grey + alpha * colour), 0, 255).astype(np.uint8)
+    return out
 
 
 # --------------------------------------------------------------------------------------------

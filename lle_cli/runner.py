@@ -24,7 +24,7 @@ from .models.llflow.preprocess import Padding, auto_padding, log_image, quantize
 from .registry import ModelEntry
 from .tiling import AxisTile, TilePlan, plan_tiles, plan_within_area, run_tiled, tile_overlap
 
-__all__ = ["LoadedModel", "NonFiniteOutputError", "TILE_MEMORY_ENV", "PROCESS_MEMORY_MB", "tile_memory_budget"]
+__all__ = ["LoadedModel", "LLFlowTiles", "NonFiniteOutputError", "TILE_MEMORY_ENV", "PROCESS_MEMORY_MB", "tile_memory_budget"]
 
 TILE_MEMORY_ENV = "LLE_TILE_MEMORY_MB"
 # Automatic tiling keeps a whole ``lle enhance`` process near this many MiB: Python, torch and the
@@ -112,20 +112,33 @@ class LoadedModel:
         (whole when it fits, else the plan with the least work whose tiles fit); 0 never tiles;
         N uses tiles of at most N px a side.
         """
+        # measured in float32; half precision needs less, so this stays on the safe side
+        return self.plan_for(height, width, self.spec.activation_bytes(self.module.config))
+
+    def plan_for(self, height: int, width: int, per_pixel: float, *, reserved_bytes: float = 0.0) -> TilePlan | None:
+        """``tile_plan`` for a pass that needs ``per_pixel`` bytes per (padded) pixel of a tile, with
+        ``reserved_bytes`` of the budget already taken by something else (e.g. samples kept in memory).
+
+        ``lle sample`` plans its encoder + multi-latent decode with this, under the same budget and
+        rules as ``lle enhance``.
+        """
         if self.tile == 0:
             return None
         if self.tile is not None:
             return self.explicit_plan(height, width, self.tile)
         spec = self.spec
         h, w = self._tiled_size(height, width)
-        # measured in float32; half precision needs less, so this stays on the safe side
-        per_pixel = spec.activation_bytes(self.module.config)
-        budget = tile_memory_budget(height * width, spec.workspace_mb(self.module.config))
+        budget = self.activation_budget(height, width) - reserved_bytes
         if per_pixel * h * w <= budget:
             return None
         overlap = tile_overlap(spec.tile_margin, spec.tile_multiple)
         plan = plan_within_area(h, w, int(budget / per_pixel), overlap, spec.tile_margin, spec.tile_multiple, self._min_tile())
         return plan if plan.tiled else None
+
+    def activation_budget(self, height: int, width: int) -> int:
+        """Bytes one pass may use on an image of this size (``tile_memory_budget`` with this model's
+        fixed working buffers reserved)."""
+        return tile_memory_budget(height * width, self.spec.workspace_mb(self.module.config))
 
     def explicit_plan(self, height: int, width: int, tile: int) -> TilePlan | None:
         """Tiles of at most ``tile`` px a side (raised to what the overlaps need), or None if one covers it."""
@@ -324,29 +337,56 @@ def padded_histogram(x: torch.Tensor, pad: Padding, *, rows_per_chunk: int = 256
     return hist.round().long()
 
 
+@dataclass
+class LLFlowTiles:
+    """LLFlow's network input ``lq`` for any tile of its padded image, without building the padded image.
+
+    The symmetric padding is an index, the log image is per pixel, and the histogram equalisation's
+    lookup table comes from the whole padded image (it is global), so a tile's ``lq`` is exactly the
+    matching window of the untiled ``lq``: only the networks' reach across tile edges differs.
+    Shared by tiled enhancement, tiled sampling (``lle_cli.sampling``) and OOD features (``lle_cli.ood``).
+    """
+
+    x: torch.Tensor  # (1, 3, H, W) float32 in [0, 1] on the CPU
+    pad: Padding
+    rows: torch.Tensor  # source row of every padded row
+    cols: torch.Tensor
+    lut: torch.Tensor | None  # (3, 256) uint8, None without histogram equalisation
+
+    @classmethod
+    def of(cls, model: LoadedModel, x: torch.Tensor) -> LLFlowTiles:
+        cfg = model.module.config
+        h, w = x.shape[-2:]
+        pad = auto_padding(h, w, cfg.pad_multiple)
+        lut = equalize_lut(padded_histogram(x, pad)) if cfg.concat_histeq else None
+        return cls(x, pad, _mirror_index(h, pad.top, pad.bottom), _mirror_index(w, pad.left, pad.right), lut)
+
+    @property
+    def padded_size(self) -> tuple[int, int]:
+        return len(self.rows), len(self.cols)
+
+    def input(self, r: AxisTile, c: AxisTile) -> torch.Tensor:
+        """(1, 6 or 3, r.size, c.size) float32 on the CPU: the tile's window of the untiled ``lq``."""
+        part = self.x[0].index_select(1, self.rows[r.start : r.stop]).index_select(2, self.cols[c.start : c.stop])[None]
+        parts = [log_image(part)]
+        if self.lut is not None:
+            q = quantize_u8(part)[0].long()
+            parts.append(torch.stack([self.lut[ch][q[ch]] for ch in range(q.shape[0])])[None].to(torch.float32) / 255.0)
+        return torch.cat(parts, dim=1)
+
+
 def _llflow_tiled(
     model: LoadedModel, x: torch.Tensor, plan: TilePlan, out: np.ndarray, progress: Callable[[int, int], None] | None
 ) -> np.ndarray:
-    """LLFlow on tiles of the padded image; the histogram equalisation comes from the whole image,
-    as untiled (its LUT is global), so only the networks' reach across tile edges differs."""
+    """LLFlow on tiles of the padded image (see ``LLFlowTiles``)."""
     m = model.module
-    cfg = m.config
-    h, w = x.shape[-2:]
-    pad = auto_padding(h, w, cfg.pad_multiple)
-    rows = _mirror_index(h, pad.top, pad.bottom)
-    cols = _mirror_index(w, pad.left, pad.right)
-    lut = equalize_lut(padded_histogram(x, pad)) if cfg.concat_histeq else None
+    tiles = LLFlowTiles.of(model, x)
 
     def fn(r: AxisTile, c: AxisTile) -> np.ndarray:
-        part = x[0].index_select(1, rows[r.start : r.stop]).index_select(2, cols[c.start : c.stop])[None]
-        parts = [log_image(part)]
-        if lut is not None:
-            q = quantize_u8(part)[0].long()
-            parts.append(torch.stack([lut[ch][q[ch]] for ch in range(q.shape[0])])[None].to(torch.float32) / 255.0)
-        lq = torch.cat(parts, dim=1).to(model.device, model.dtype)
+        lq = tiles.input(r, c).to(model.device, model.dtype)
         with torch.inference_mode():
             features = m.condition(lq)
             y, _ = m.decode(features, m.latent_mean(features))
         return model._checked(y)[0].permute(1, 2, 0).numpy()
 
-    return run_tiled(plan, fn, out, offset=(pad.top, pad.left), progress=progress)
+    return run_tiled(plan, fn, out, offset=(tiles.pad.top, tiles.pad.left), progress=progress)

@@ -28,6 +28,7 @@ from ..sampling import (
     normalise_format,
     run_sample_job,
 )
+from ..video import is_video_path
 from ..weights import sha256_file
 from ._common import (
     DeviceOpt,
@@ -78,10 +79,13 @@ def sample(
     seed: Annotated[Optional[int], typer.Option("--seed", "-s", help="Base seed: sample j uses seed + j. Default: random, and reported.")] = None,
     mean: Annotated[bool, typer.Option("--mean", help="Also write the mean of the samples of each (tau, offset).")] = False,
     sheet: Annotated[bool, typer.Option("--sheet/--no-sheet", help="Write a contact sheet <stem>_sheet_tau<t,..>_off<o,..>.png with every sample and its tau/offset/seed.")] = True,
-    resample_bad: Annotated[bool, typer.Option("--resample-bad", help="Redraw samples that are non-finite or out of range (new seeds are recorded).")] = False,
+    resample_bad: Annotated[bool, typer.Option("--resample-bad", help="Redraw samples that are non-finite or out of range (new seeds are recorded); a tiled image runs its encoder tiles again per round.")] = False,
     max_tries: Annotated[int, typer.Option("--max-tries", min=1, help="Draws per sample with --resample-bad, the first included.")] = 5,
     max_out_of_range: Annotated[float, typer.Option("--max-out-of-range", help="A sample with more than this fraction of values outside [-0.5, 1.5] is flagged.")] = 0.01,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Latents decoded at once. Default: as many as fit in memory.")] = None,
+    tile: Annotated[
+        str, typer.Option("--tile", help="Largest tile size in pixels for large images, 0 to never tile, auto: tile only what would not fit in memory (as lle enhance).")
+    ] = "auto",
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     fmt: Annotated[Optional[str], typer.Option("--format", "-f", help="png, jpeg, tiff, webp or bmp; default: the input's format.")] = None,
@@ -103,7 +107,7 @@ def sample(
 ) -> int:
     """Draw diverse enhancements: z = g(x) + tau * eps + offset, decoded by the flow (LLFlow).
 
-    Writes <stem>_sample<j>_tau<t>_off<o> per sample (e.g. dark_sample03_tau0.5_off-0.2.png), <stem>_mean_tau<t>_off<o> with --mean and a contact sheet <stem>_sheet_tau<t,..>_off<o,..>.png. The encoder runs once per image however many samples are drawn.
+    Writes <stem>_sample<j>_tau<t>_off<o> per sample (e.g. dark_sample03_tau0.5_off-0.2.png), <stem>_mean_tau<t>_off<o> with --mean and a contact sheet <stem>_sheet_tau<t,..>_off<o,..>.png. The encoder runs once per image (per tile on a large image, tiled under the same memory budget as lle enhance) however many samples are drawn.
 
     Exit code 0: all written or skipped, 1: an input failed or a sample was non-finite (never written), 2: usage error, 130: interrupted (a run record covers the inputs finished; --skip-existing resumes).
     """
@@ -114,6 +118,9 @@ def sample(
         skip_existing=skip_existing,
     )
     check_options(opts)  # every value, before an input is read or a model loaded
+    if tile != "auto" and not tile.isdigit():
+        raise UsageError(f"--tile {tile}: expected auto, 0 (never tile) or a tile size in pixels")
+    tile_px = None if tile == "auto" else int(tile)
     if output is not None and output.exists() and not output.is_dir():
         raise UsageError(f"-o {output}: must be a directory (lle sample writes several files per image)")
     if not inputs:
@@ -125,9 +132,14 @@ def sample(
             found = [(p, e) for p, e in found if e or not _OWN_OUTPUT.search(Path(p).stem)]
             found = found or [(item, f"{item}: no images to sample there, only earlier `lle sample` outputs")]
         jobs += found
+    for path, _ in jobs:
+        if path != STDIO and is_video_path(path):
+            raise UsageError(f"{path}: is a video; lle sample draws samples of photos only. "
+                             f"Enhance a video with: lle enhance {path}")
     stdin_bytes = sys.stdin.buffer.read() if any(p == STDIO for p, _ in jobs) else None
     ensure_flow_model(api.model_info(model))  # before any weights are loaded or fetched
-    loaded = api.load_model(model, weights=weights, device=device, precision=precision)
+    api.check_options(model, tile=tile_px, device=device, precision=precision)
+    loaded = api.load_model(model, weights=weights, device=device, precision=precision, tile=tile_px)
     if not quiet and not json_out:
         note(f"model {loaded.name} ({loaded.weights_source}) on {loaded.device}")
     warn_ood = ood_warner(loaded, ood_stats)  # never changes the samples
@@ -178,7 +190,7 @@ def sample(
         _write_records(loaded, results, stdin_bytes, options={
             "n": n, "tau": list(opts.taus), "z_offset": list(opts.offsets), "mean": mean, "resample_bad": resample_bad,
             "max_out_of_range": max_out_of_range, "precision": precision, "weights": str(weights) if weights else None,
-            "skip_existing": skip_existing,
+            "skip_existing": skip_existing, "tile": tile,
         }, **({"interrupted": True, "inputs_finished": finished, "inputs_total": len(jobs)} if interrupted else {}))
     if interrupted:
         raise typer.Exit(130)  # main() maps KeyboardInterrupt to 130 too, but would print a second line

@@ -58,6 +58,12 @@ SPEC = register_family(
         activation_bytes=lambda c: 900.0 + 1.4 * c.cond_channels,
         # the Winograd convolutions' buffers (lle_cli._cpu.conv3x3), bounded by their row strips
         workspace_mb=lambda c: winograd_workspace_mb() if min(c.nf, c.gc) >= WINOGRAD_MIN_CHANNELS else 0.0,
-        decode_bytes=lambda c: 100.0 + 1.0 * c.cond_channels + 2.0 * c.hidden_channels,  # placeholder
+        # per latent beyond the first in one decode pass (``lle sample``; peak RSS over the baseline,
+        # a fresh process per run). The affine coupling shares its conditioning across latents:
+        # 143 B/px at 0.25 MP, 45-104 at 0.8 MP for 32-64 hidden channels. The spline coupling
+        # expands the features per latent and runs its feature network on each: 688 B/px at 0.25 MP,
+        # 460 at 0.8 MP and 371 at 1.9 MP with 64 conditioning channels, 447 at 0.8 MP with 192.
+        # Small images cost more per pixel; the estimates cover them (``sampling`` also caps a pass).
+        decode_bytes=lambda c: (700.0 + 0.5 * c.cond_channels) if c.coupling == "rqs" else 96.0 + 1.5 * c.hidden_channels,
     ),
 )
