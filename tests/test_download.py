@@ -361,15 +361,20 @@ def test_two_processes_downloading_the_same_model_take_turns(hub, lle_home) -> N
 @pytest.mark.parity
 @pytest.mark.slow
 def test_download_all_then_enhance_reproduces_the_official_outputs(hub, capsys) -> None:
+    from .models.test_zoo import UPSTREAM as ZOO_FILES  # the zoo's authors' files, also in ../shared
+
     for name in UPSTREAM_FILES:
         hub.add_upstream(entry(name).upstream.url, upstream_bytes(name))
+    for name, file in ZOO_FILES.items():
+        hub.add_upstream(entry(name).upstream.url, shared_path("upstream", "weights", file).read_bytes())
     code, out, _ = run(capsys, "models", "download", "--all", "--json")
     rows = [json.loads(line) for line in out.splitlines()]
     # the authors' LLFlow files are not in ../shared: every one of their locations answers 404 here, and
     # those failures leave the other downloads alone
     llflow = {"llflow.lol", "llflow.lol-small", "llflow.lol-v2"}
     assert code == 1 and {r["model"] for r in rows if r["status"] == "error"} == llflow
-    assert {r["model"] for r in rows} >= set(UPSTREAM_FILES)
+    assert {r["model"] for r in rows} >= set(UPSTREAM_FILES) | set(ZOO_FILES)
+    assert all(r["status"] == "ok" for r in rows if r["model"] in ZOO_FILES)
     for r in rows:
         if r["model"] in UPSTREAM_FILES:
             assert r["status"] == "ok" and r["via"] == "upstream" and r["sha256"] == entry(r["model"]).hub.sha256
