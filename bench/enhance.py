@@ -41,7 +41,19 @@ LOCAL_NAMES = {
     "clip-lit.official": "clip_lit_official.pth",
     "scl-lle.official": "scl_lle.pth",
     "zero-dce.official": "zero_dce.pth",
+    "zero-dce-pp.official": "zero_dce_pp.pth",
 }
+
+
+def upstream_file(entry: ModelEntry) -> Path:
+    """Where ../shared keeps this model's authors' checkpoint: the manifest's file name, a known local
+    name, or the model's name with underscores (``sci.easy`` -> ``sci_easy.pt``); callers check the sha256."""
+    stem = entry.name.replace(".", "_").replace("-", "_")
+    candidates = [LOCAL_NAMES.get(entry.name), entry.upstream.filename if entry.upstream else None, f"{stem}.pth", f"{stem}.pt"]
+    for name in candidates:
+        if name and (UPSTREAM_DIR / name).is_file():
+            return UPSTREAM_DIR / name
+    return UPSTREAM_DIR / (candidates[0] or candidates[1] or f"{stem}.pth")
 
 
 def pick_entry(family: str) -> ModelEntry:
@@ -58,7 +70,7 @@ def load_for_bench(entry: ModelEntry) -> LoadedModel:
     module = build_model(entry.family, entry.architecture)
     source = "random init"
     if entry.upstream:
-        path = UPSTREAM_DIR / LOCAL_NAMES.get(entry.name, entry.upstream.filename)
+        path = upstream_file(entry)
         # only a file that is byte for byte the manifest's checkpoint counts as "upstream weights"
         if path.is_file() and sha256_file(path) == entry.upstream.sha256:
             load_state_strict(module, load_upstream_checkpoint(path), source=str(path))

@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # benchmark the checkout this script sits in, installed or not
 sys.path.insert(0, str(ROOT / "bench"))
 
-from enhance import LOCAL_NAMES, UPSTREAM_DIR, cpu_model, load_for_bench, parse_sizes, peak_rss_mib, pick_entry
+from enhance import UPSTREAM_DIR, cpu_model, load_for_bench, parse_sizes, peak_rss_mib, pick_entry, upstream_file
 
 from lle_cli.models import FAMILIES, build_model
 from lle_cli.registry import get_registry
@@ -120,7 +120,7 @@ def cli_model(family: str) -> tuple[str, Path | None]:
         return "llflow.lle-synth-rqs", None  # embedded, real weights, and `lle sample`'s default
     entry = pick_entry(family)
     if entry.upstream is not None:
-        path = UPSTREAM_DIR / LOCAL_NAMES.get(entry.name, entry.upstream.filename)
+        path = upstream_file(entry)
         if path.is_file() and sha256_file(path) == entry.upstream.sha256:
             return entry.name, path
     if embedded_path(entry) is not None:

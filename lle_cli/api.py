@@ -99,6 +99,9 @@ def check_options(name: str | None = None, *, tile: int | None = None, device: s
     if tile < 0:
         raise UsageError(f"--tile {tile}: expected 0 (never tile), a size in pixels, or auto")
 
+    if not FAMILIES[entry.family].tileable:
+        raise UsageError(f"--tile {tile}: {entry.name} cannot run in tiles (its output depends on the whole image; "
+                         "it bounds its own memory); leave --tile out or pass --tile 0")
     smallest = min_tile_size(entry.family)
     if tile < smallest:
         raise UsageError(f"--tile {tile}: {entry.name} needs tiles of at least {smallest} px (twice the overlap its "

@@ -242,14 +242,12 @@ class FeatureSpec:
 
 
 def _trunk(model: LoadedModel) -> torch.nn.Sequential:
-    enc = getattr(model.module, "RRDB", None)
-    trunk = getattr(enc, "RRDB_trunk", None)
-    if trunk is None or not hasattr(model.module, "prepare"):
+    if not can_score(model.entry):
         raise UsageError(
             f"model {model.name} ({model.entry.family}) has no LLFlow encoder to score; "
             "score-ood works with LLFlow-family models (e.g. --model llflow)"
         )
-    return trunk
+    return model.module.RRDB.RRDB_trunk
 
 
 def ensure_feature_model(model: LoadedModel) -> None:
@@ -258,11 +256,12 @@ def ensure_feature_model(model: LoadedModel) -> None:
 
 
 def can_score(entry: ModelEntry) -> bool:
-    """Whether models of this registry entry's family have the encoder score-ood reads."""
+    """Whether models of this registry entry's family have the encoder score-ood reads
+    (``FamilySpec.ood_features``: LLFlow's RRDB trunk and ``block_features``)."""
     from .models import FAMILIES
 
     spec = FAMILIES.get(entry.family)
-    return spec is not None and hasattr(spec.model_cls, "block_features")
+    return spec is not None and spec.ood_features
 
 
 def default_blocks(model: LoadedModel) -> tuple[int, ...]:
@@ -384,9 +383,9 @@ def _tiled_features(
     the mean of its pixels' weights, which sum to 1 as well, so adding each tile's weighted box sums
     gives the box sums of the blended map. Boxes cover the feature pixels they touch, as ``pool_boxes``.
     """
-    from .runner import LLFlowTiles
+    from .models.llflow import LLFlowTiles
 
-    tiles = LLFlowTiles.of(model, x)
+    tiles = LLFlowTiles.of(model.module, x)
     top, left = tiles.pad.top, tiles.pad.left
     hp, wp = tiles.padded_size
     scale = 2  # the RRDB trunk runs at half the padded resolution
@@ -857,12 +856,12 @@ def ood_warner(model: LoadedModel, stats_path: str | Path | None = None) -> Call
     there is nothing to check against. Scoring never changes what the caller writes.
     """
     if stats_path is not None:
-        if not hasattr(getattr(model.module, "RRDB", None), "RRDB_trunk"):
+        if not can_score(model.entry):
             raise UsageError(f"--ood-stats: model {model.name} ({model.entry.family}) is not an LLFlow-family model; "
                              "OOD statistics apply to LLFlow models only (e.g. --model llflow)")
         stats, _ = stats_for(model, stats_path)
     else:
-        if not can_score(model.entry) or not hasattr(model.module, "RRDB"):
+        if not can_score(model.entry):
             return None
         shipped = shipped_stats_path(model.entry)
         if shipped is None:

@@ -346,21 +346,19 @@ def _check_values(n: int, taus: Sequence[float], offsets: Sequence[float], max_t
         raise UsageError(f"--max-out-of-range {max_out_of_range:g}: must be a fraction between 0 and 1")
 
 
-_FLOW_METHODS = ("prepare", "condition", "latent_mean", "decode")
-
-
 def can_sample(family: str) -> bool:
-    """Whether models of this family are conditional flows that ``sample_array`` can draw from."""
+    """Whether models of this family are conditional flows that ``sample_array`` can draw from
+    (``FamilySpec.samples``: the model has ``prepare``, ``condition``, ``latent_mean`` and ``decode``)."""
     from .models import FAMILIES
 
     spec = FAMILIES.get(family)
-    return spec is not None and all(hasattr(spec.model_cls, a) for a in _FLOW_METHODS)
+    return spec is not None and spec.samples
 
 
 def ensure_flow_model(model: LoadedModel | ModelEntry) -> None:
     """``UsageError`` unless the model can draw samples (a conditional flow such as LLFlow)."""
     entry = model if isinstance(model, ModelEntry) else model.entry
-    ok = can_sample(entry.family) if isinstance(model, ModelEntry) else all(hasattr(model.module, a) for a in _FLOW_METHODS)
+    ok = can_sample(entry.family)
     if not ok:
         raise UsageError(
             f"model {entry.name} ({entry.family}) is not a flow and cannot draw samples; "
@@ -628,9 +626,9 @@ class _Tiled(_Pass):
 
     def __init__(self, *args: object) -> None:
         super().__init__(*args)
-        from .runner import LLFlowTiles
+        from .models.llflow import LLFlowTiles
 
-        self.tiles = LLFlowTiles.of(self.model, self.x)
+        self.tiles = LLFlowTiles.of(self.model.module, self.x)
 
     def run(self, slots: list[int], jobs: list[Job], report: Callable[[float], None]) -> None:
         module, plan = self.model.module, self.layout.tiles

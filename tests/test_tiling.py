@@ -26,7 +26,8 @@ from lle_cli.models.llflow.preprocess import (
     quantize_u8,
 )
 from lle_cli.registry import get_registry
-from lle_cli.runner import PROCESS_MEMORY_MB, TILE_MEMORY_ENV, LoadedModel, equalize_lut, padded_histogram, tile_memory_budget
+from lle_cli.models.llflow.tiles import equalize_lut, padded_histogram
+from lle_cli.runner import PROCESS_MEMORY_MB, TILE_MEMORY_ENV, LoadedModel, tile_memory_budget
 from lle_cli.tiling import plan_axis, plan_tiles, plan_within_area, run_tiled, tile_overlap
 from lle_cli.weights import load_upstream_checkpoint
 

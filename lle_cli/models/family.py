@@ -11,13 +11,20 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from ..tiling import AxisTile, TilePlan
+
+# One tile's network output (1, 3, rows, cols) for the rows ``r`` and columns ``c`` of the tiled frame.
+TileForward = Callable[["AxisTile", "AxisTile"], torch.Tensor]
 
 from ..errors import WeightsError
 
-__all__ = ["FamilySpec", "FAMILIES", "register_family"]
+__all__ = ["FamilySpec", "FAMILIES", "TileForward", "register_family"]
 
 
 @dataclass(frozen=True)
@@ -37,9 +44,19 @@ class FamilySpec:
     # ``workspace_mb(config)``: memory a pass needs whatever the tile size (MiB).
     # ``decode_bytes(config)``: flows only, what each latent beyond the first adds to a pass that
     # decodes several against one encoder pass (``lle sample``), per input pixel, float32.
+    # ``tileable``: False when every output pixel depends on the whole image (a global branch, a curve
+    # map stretched over the image): the family always runs whole and bounds its memory itself.
+    tileable: bool = True
     tile_margin: int = 0
     tile_exact: bool = True
     tile_multiple: int = 1
+    # ``tile_frame(config, height, width)``: (top, bottom, left, right) pixels the network pads the
+    # image by itself; tiles then cover that padded frame (LLFlow). None: tiles cover the image.
+    # ``tile_pass(module, x, plan, to_device)``: for a network with whole-image context, computes the
+    # context over ``plan`` (x: (1, 3, H, W) float32 on the CPU) and returns the per-tile forward;
+    # ``to_device`` moves a CPU tensor to the model's device and dtype. None: each tile runs alone.
+    tile_frame: Callable[[Any, int, int], tuple[int, int, int, int]] | None = None
+    tile_pass: Callable[[nn.Module, torch.Tensor, "TilePlan", Callable[[torch.Tensor], torch.Tensor]], TileForward] | None = None
     activation_bytes: Callable[[Any], float] = lambda config: 2048.0
     workspace_mb: Callable[[Any], float] = lambda config: 0.0
     decode_bytes: Callable[[Any], float] = lambda config: 0.0

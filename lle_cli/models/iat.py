@@ -13,8 +13,9 @@ at inference and are left out.
 
 The global branch makes every output pixel depend on the whole image, so tiles cannot reproduce the
 untiled result: the family is never tiled (see the spec below). What keeps a large photo's memory
-bounded instead is that, at inference, the local branch runs in strips of rows with a halo as wide
-as its receptive field, which gives the same result as running it whole.
+bounded instead is that, at inference, both branches run in strips of rows: the local one with a
+halo as wide as its receptive field, the global one's convolutions likewise and its attention as a
+softmax accumulated over the strips; the result is the same as running it whole.
 """
 
 from __future__ import annotations
@@ -34,9 +35,6 @@ QUERIES = 10  # upstream's learnt queries: token 0 gives gamma, tokens 1..9 the 
 # A local-branch strip holds about this many pixels (~1 KB of activations each, see the spec):
 # large enough that the halo rows add little work, small enough to bound the memory of any photo.
 STRIP_PIXELS = 1 << 19
-# IAT's output depends on the whole image (the global branch), so no tile can be exact; a margin
-# larger than any image makes the runner's smallest tile bigger than the image, i.e. never tile.
-WHOLE_IMAGE_MARGIN = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -192,14 +190,23 @@ class _QueryAttention(nn.Module):
         self.v = nn.Linear(dim, dim, bias=False)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def logits_and_values(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, N, C) tokens -> the queries' scaled logits (B, heads, QUERIES, N) and values (B, heads, N, d)."""
         b, n, c = tokens.shape
         h, d = self.heads, c // self.heads
         k = self.k(tokens).reshape(b, n, h, d).transpose(1, 2)
         v = self.v(tokens).reshape(b, n, h, d).transpose(1, 2)
         q = self.q.expand(b, -1, -1).reshape(b, QUERIES, h, d).transpose(1, 2)
-        attn = ((q @ k.transpose(-2, -1)) * d**-0.5).softmax(dim=-1)
-        return self.proj((attn @ v).transpose(1, 2).reshape(b, QUERIES, c))
+        return (q @ k.transpose(-2, -1)) * d**-0.5, v
+
+    def project(self, attended: torch.Tensor) -> torch.Tensor:
+        """(B, heads, QUERIES, d) attention-weighted values -> (B, QUERIES, C)."""
+        b, h, q, d = attended.shape
+        return self.proj(attended.transpose(1, 2).reshape(b, q, h * d))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        logits, v = self.logits_and_values(tokens)
+        return self.project(logits.softmax(dim=-1) @ v)
 
 
 class _Mlp(nn.Module):
@@ -224,10 +231,16 @@ class _QueryBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = _Mlp(dim, dim * mlp_ratio)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) features -> (B, h*w, C) normalised tokens with the positional term."""
         x = x + self.pos_embed(x)
-        t = self.attn(self.norm1(x.flatten(2).transpose(1, 2)))
+        return self.norm1(x.flatten(2).transpose(1, 2))
+
+    def finish(self, t: torch.Tensor) -> torch.Tensor:
         return t + self.mlp(self.norm2(t))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.finish(self.attn(self.tokens(x)))
 
 
 class _GlobalBranch(nn.Module):
@@ -245,10 +258,49 @@ class _GlobalBranch(nn.Module):
         self.color_linear = nn.Linear(dim, 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        t = self.generator(self.conv_large(x))
+        return self.outputs(self.generator(self.conv_large(x)))
+
+    def outputs(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The queries' outputs (B, QUERIES, C) -> ``gamma`` (B, 1) and the colour matrix (B, 3, 3)."""
         gamma = self.gamma_linear(t[:, 0]) + self.gamma_base
         color = self.color_linear(t[:, 1:]).reshape(-1, 3, 3) + self.color_base
         return gamma, color
+
+    def forward_in_strips(self, x: torch.Tensor, strip_pixels: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` on a large image with memory bounded by ``strip_pixels``, equal up to float rounding.
+
+        The embedding (two stride-2 3x3 convolutions) and the positional 3x3 convolution are local, so
+        each strip of token rows is computed from a strip of input rows starting on the 4-row grid,
+        with two extra token rows at each inner edge: the first is wrong (the strip's zero padding
+        stands in for a real row), the second is what the positional convolution of a kept row reads.
+        The attention of the ten queries over all tokens is a softmax over the tokens, accumulated
+        strip by strip with a running maximum (the log-sum-exp trick), so no token is kept.
+        """
+        height, width = x.shape[-2:]
+        rows = -(-(-(-height // 2)) // 2)  # token rows: ceil(ceil(H / 2) / 2)
+        step = max(4, strip_pixels // (4 * width))  # token rows per strip (4 input rows each)
+        halo = 2
+        attn = self.generator.attn
+        top = acc = norm = None
+        for t0 in range(0, rows, step):
+            t1 = min(rows, t0 + step)
+            e0, e1 = max(0, t0 - halo), min(rows, t1 + halo)
+            feats = self.conv_large(x[..., 4 * e0 : min(height, 4 * e1), :])
+            tokens = self.generator.tokens(feats)[:, (t0 - e0) * feats.shape[-1] : (t1 - e0) * feats.shape[-1]]
+            logits, v = attn.logits_and_values(tokens)
+            peak = logits.amax(dim=-1, keepdim=True)
+            if top is None:
+                top = peak
+                weights = (logits - top).exp()
+                acc, norm = weights @ v, weights.sum(dim=-1, keepdim=True)
+            else:
+                new_top = torch.maximum(top, peak)
+                rescale = (top - new_top).exp()
+                weights = (logits - new_top).exp()
+                acc = acc * rescale + weights @ v
+                norm = norm * rescale + weights.sum(dim=-1, keepdim=True)
+                top = new_top
+        return self.outputs(self.generator.finish(attn.project(acc / norm)))
 
 
 # -- the model --------------------------------------------------------------------------------------
@@ -289,13 +341,13 @@ class IAT(nn.Module):
         return self._forward_in_strips(self.network_input(x))
 
     def _forward_in_strips(self, x: torch.Tensor) -> torch.Tensor:
-        """Inference on a large image: the global branch on all of it, the local one strip by strip.
+        """Inference on a large image: both branches strip by strip (see ``forward_in_strips``).
 
         Each strip of rows runs with ``local_margin`` extra rows above and below (where the image has
         them), so its kept rows see exactly the pixels they see in the whole image: the result equals
         the untiled one up to float rounding, while the local activations stay ~STRIP_PIXELS in size.
         """
-        gamma, color = self.global_net(x)
+        gamma, color = self.global_net.forward_in_strips(x, STRIP_PIXELS)
         h, w = x.shape[-2:]
         margin = self.config.local_margin
         rows = max(STRIP_PIXELS // w, 2 * margin)  # a strip at least as tall as its two halos
@@ -318,10 +370,9 @@ SPEC = register_family(
         description="IAT (BMVC'22): local mul/add maps, then a global colour matrix and gamma per image",
         signature_keys=frozenset({"local_net.conv1.weight", "global_net.generator.attn.q", "global_net.color_base"}),
         # Not tileable: gamma and the colour matrix come from attention over the whole image, so a
-        # tile would compute its own (a visibly different exposure per tile). The margin makes the
-        # runner's smallest tile larger than any image, so it always runs whole; the local branch's
-        # own strips (above) bound its memory instead. The local receptive radius is 11 px.
-        tile_margin=WHOLE_IMAGE_MARGIN,
+        # tile would compute its own (a visibly different exposure per tile). It always runs whole;
+        # its own strips (above) bound its memory instead. The local receptive radius is 11 px.
+        tileable=False,
         tile_exact=False,
         # whole-image part: the global branch's full- and half-resolution features, then the output:
         # 100-116 B/px measured (peak RSS, 2-4 MP); the local branch's strips are the fixed part,

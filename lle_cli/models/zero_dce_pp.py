@@ -26,10 +26,6 @@ from .family import FamilySpec, register_family
 
 __all__ = ["ZeroDCEPPConfig", "ZeroDCEPP", "apply_shared_curve"]
 
-# The upscaling (align_corners=True) stretches the curve map over the whole image: where a pixel's
-# curve comes from depends on the image's size, so a tile cannot reproduce it. A margin larger than
-# any image makes the runner's smallest tile bigger than the image, i.e. never tile.
-WHOLE_IMAGE_MARGIN = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -138,7 +134,9 @@ SPEC = register_family(
         signature_keys=frozenset({"e_conv1.depth_conv.weight", "e_conv7.point_conv.weight"}),
         # multiple_of stays 1: the model extends the image itself (bottom/right, see the docstring),
         # which the runner's centred reflection padding would not match
-        tile_margin=WHOLE_IMAGE_MARGIN,
+        # not tileable: the upscaling (align_corners=True) stretches the curve map over the whole
+        # image, so where a pixel's curve comes from depends on the image's size
+        tileable=False,
         tile_exact=False,
         # the input, r and two curve buffers at full resolution (the network's own 1/144 is
         # negligible): 52-54 B/px measured (peak RSS, 1-4 MP)

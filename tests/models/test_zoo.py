@@ -9,6 +9,7 @@ the runner tiles each family (SCI exactly; IAT and Zero-DCE++ never, their outpu
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -16,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from lle_cli.api import check_options
 from lle_cli.cli.main import main
+from lle_cli.errors import UsageError
 from lle_cli.models import FAMILIES, build_model, detect_family, load_state_strict
 from lle_cli.models import iat as iat_module
 from lle_cli.models.iat import IAT, IATConfig
@@ -267,11 +270,28 @@ def test_iat_strips_equal_the_whole_image(monkeypatch) -> None:
     with torch.no_grad():
         strips = model(x)
     assert len(calls) == 4 and max(calls) == 25 + 2 * model.config.local_margin
-    torch.testing.assert_close(strips, whole, atol=1e-6, rtol=0)
+    # the global branch's softmax is accumulated over the strips: float rounding, no more
+    torch.testing.assert_close(strips, whole, atol=1e-5, rtol=0)
     # one halo row short, and the rows next to a strip's edge change: the margin is the receptive field
     monkeypatch.setattr(IATConfig, "local_margin", property(lambda self: 10))
     with torch.no_grad():
         assert (model(x) - whole).abs().max() > 1e-5
+
+
+@pytest.mark.parametrize("height", [97, 64, 5])
+def test_iat_global_branch_in_strips_equals_the_whole_image(height: int) -> None:
+    model = _randomised("iat").eval()
+    x = torch.rand(2, 3, height, 45) * 2 - 0.5  # beyond [0, 1]: large logits stress the running maximum
+    with torch.no_grad():
+        whole = model.global_net(x)
+        calls = []
+        hook = model.global_net.conv_large.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[-2]))
+        strips = model.global_net.forward_in_strips(x, 45 * 16)  # 4 token rows (16 input rows) a strip
+        hook.remove()
+    token_rows = math.ceil(math.ceil(height / 2) / 2)
+    assert len(calls) == math.ceil(token_rows / 4) and max(calls) <= (4 + 2 * 2) * 4
+    for got, want in zip(strips, whole):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_iat_lol_v2_normalisation_is_applied_to_the_input() -> None:
@@ -341,8 +361,12 @@ def test_sci_tiles_reproduce_the_whole_image(rng) -> None:
 
 @pytest.mark.parametrize(("name", "family"), [("iat.lol-v1", "iat"), ("zero-dce-pp.official", "zero_dce_pp")])
 def test_global_families_are_never_tiled(monkeypatch, rng, name: str, family: str) -> None:
-    """Their output depends on the whole image, so the runner must run it whole, whatever the budget."""
-    assert not FAMILIES[family].tile_exact
+    """Their output depends on the whole image, so the runner must run it whole, whatever the budget,
+    and ``--tile N`` is refused at parse time with a line that says why."""
+    assert not FAMILIES[family].tileable
+    with pytest.raises(UsageError, match="cannot run in tiles"):
+        check_options(name, tile=512)
+    check_options(name, tile=0)  # "never tile" is what it does anyway
     model = _loaded(name, _randomised(family), tile=None)
     monkeypatch.setenv(TILE_MEMORY_ENV, "1")  # 1 MiB: every other family would tile a 24 MP photo
     assert model.tile_plan(4000, 6000) is None

@@ -15,6 +15,7 @@ from .encoder import ConditionEncoder, EncoderFeatures
 from .flow import ConditionalFlow, FlowStep
 from .model import UNUSED_CHECKPOINT_PREFIXES, LLFlow, negative_log_likelihood
 from .preprocess import Padding, auto_padding, equalize_hist, network_input, pad_symmetric
+from .tiles import LLFlowTiles, tile_frame, tiled_forward
 
 __all__ = [
     "LEVELS",
@@ -34,6 +35,7 @@ __all__ = [
     "equalize_hist",
     "network_input",
     "pad_symmetric",
+    "LLFlowTiles",
 ]
 
 
@@ -53,6 +55,8 @@ SPEC = register_family(
         tile_margin=64,
         tile_exact=False,
         tile_multiple=16,
+        tile_frame=tile_frame,  # tiles cover the padded image: the histogram equalisation must see it whole
+        tile_pass=tiled_forward,
         # the worst of 0.7-4 MP inputs (bench/tiling.py's method, glibc keeping freed memory as
         # ``lle enhance`` does): 985 B/px for lol-small (64 conditioning channels), 1,343 for mid (320)
         activation_bytes=lambda c: 900.0 + 1.4 * c.cond_channels,

@@ -23,6 +23,7 @@ __all__ = [
     "equalize_hist",
     "quantize_u8",
     "log_image",
+    "symmetric_index",
     "network_input",
 ]
 
@@ -52,7 +53,7 @@ def auto_padding(height: int, width: int, multiple: int = 16) -> Padding:
     return Padding(top, bottom, left, right)
 
 
-def _symmetric_index(n: int, before: int, after: int, device: torch.device) -> torch.Tensor:
+def symmetric_index(n: int, before: int, after: int, device: torch.device | None = None) -> torch.Tensor:
     """Source index of every output position of a symmetric (edge-repeating) mirror extension.
 
     Periodic with period 2n, so it also works when the padding is wider than the image.
@@ -64,8 +65,8 @@ def _symmetric_index(n: int, before: int, after: int, device: torch.device) -> t
 def pad_symmetric(x: torch.Tensor, pad: Padding) -> torch.Tensor:
     """Pad the last two axes like ``np.pad(.., 'symmetric')`` / ``cv2.BORDER_REFLECT``."""
     h, w = x.shape[-2:]
-    rows = _symmetric_index(h, pad.top, pad.bottom, x.device)
-    cols = _symmetric_index(w, pad.left, pad.right, x.device)
+    rows = symmetric_index(h, pad.top, pad.bottom, x.device)
+    cols = symmetric_index(w, pad.left, pad.right, x.device)
     return x.index_select(-2, rows).index_select(-1, cols)
 
 
