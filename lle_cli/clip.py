@@ -37,6 +37,7 @@ from torch import nn
 
 from . import cache, download
 from .errors import DownloadError, InputError, OfflineError, UsageError, WeightsError
+from .formats import list_image_files
 from .weights import load_safetensors, save_safetensors, sha256_file
 
 __all__ = [
@@ -51,7 +52,6 @@ __all__ = [
 
 VOCAB_SIZE = 49408  # CLIP's byte-level BPE vocabulary, special tokens included
 RANDOM = "random"  # pretrained tag meaning "random initialisation" (tests, smoke runs)
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 _OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -296,20 +296,19 @@ def list_images(folder: Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: not a directory; pass a folder of images")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = list_image_files(folder)  # the formats lle reads, so training takes what enhancing takes
     if not files:
         raise InputError(f"{folder}: no images found (expected .jpg/.png/... files)")
     return files
 
 
 def _read_rgb(path: Path):
-    from PIL import Image, ImageOps
+    """An upright 8-bit RGB PIL image (open_clip's transforms take PIL), read as lle reads photos."""
+    from PIL import Image
 
-    try:
-        with Image.open(path) as im:
-            return ImageOps.exif_transpose(im).convert("RGB")
-    except OSError as e:
-        raise InputError(f"{path}: cannot read image ({e}); remove or replace the file") from e
+    from .imageio import read_rgb8
+
+    return Image.fromarray(read_rgb8(path))
 
 
 @contextmanager

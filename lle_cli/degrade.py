@@ -179,18 +179,19 @@ def write_synthetic_pairs(
     """
     import json
 
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     from .atomic import replacing, write_text_atomic
-    from .clip import IMAGE_SUFFIXES
     from .errors import InputError, OutputExistsError
+    from .formats import list_image_files
+    from .imageio import read_rgb8
 
     source, out = Path(source), Path(out)
     if variants < 1:
         raise ValueError("variants must be at least 1")
-    files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) if source.is_dir() else []
+    files = list_image_files(source)
     if not files:
-        raise InputError(f"{source}: no images found (png, jpg, bmp, tif, webp) to degrade")
+        raise InputError(f"{source}: no images found (png, jpg, tif, webp, heic, raw, ...) to degrade")
     low_dir, high_dir = out / "low", out / "high"
     for d in (low_dir, high_dir):
         if d.is_dir() and any(d.iterdir()) and not overwrite:
@@ -204,11 +205,7 @@ def write_synthetic_pairs(
     records = []
     for n, f in enumerate(files):
         rel = f.relative_to(source).as_posix()
-        try:
-            with Image.open(f) as im:
-                high = np.asarray(ImageOps.exif_transpose(im).convert("RGB"), dtype=np.uint8)
-        except OSError as e:
-            raise InputError(f"{f}: cannot read image ({e}); remove or replace it") from e
+        high = read_rgb8(f)  # as lle reads photos: upright, any format it takes
         stem = Path(rel).with_suffix("").as_posix().replace("/", "_")
         for k in range(variants):
             rng = np.random.default_rng(_pair_seed(seed, rel, k))

@@ -40,7 +40,8 @@ import numpy as np
 
 from . import record as rec
 from .errors import InputError, LLEError, OutputExistsError, UsageError
-from .imageio import IMAGE_SUFFIXES, Picture, encode_image, read_image, write_bytes_atomic
+from .formats import IMAGE_SUFFIXES, list_image_files
+from .imageio import Picture, encode_image, read_image, write_bytes_atomic
 from .metrics import grey_float, grey_u8, psnr, quantise, scale_to_mean, ssim, ssim_columns
 from .runner import LoadedModel
 from .weights import sha256_file
@@ -140,12 +141,11 @@ def _images_by_stem(folder: Path, what: str, strip: str | None) -> tuple[dict[st
     if not folder.is_dir():
         raise UsageError(f"{folder}: no such directory ({what})")
     found: dict[str, list[Path]] = {}
-    for f in sorted(folder.iterdir()):
-        if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."):
-            stem = f.stem
-            if strip and stem.endswith(strip) and len(stem) > len(strip):
-                stem = stem[: -len(strip)]
-            found.setdefault(stem, []).append(f)
+    for f in list_image_files(folder, recursive=False):
+        stem = f.stem
+        if strip and stem.endswith(strip) and len(stem) > len(strip):
+            stem = stem[: -len(strip)]
+        found.setdefault(stem, []).append(f)
     if not found:
         raise UsageError(f"{folder}: no images in this directory ({what}; looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     single = {s: fs[0] for s, fs in found.items() if len(fs) == 1}

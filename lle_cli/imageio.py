@@ -11,13 +11,10 @@ packages; without them a ``MissingExtraError`` names the pip extra to install.
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
 import io
 import os
 import struct
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +24,36 @@ from . import _png
 from .atomic import write_bytes_atomic
 from .errors import InputError, NonFiniteError, OutputError, UsageError
 
+# The suffix table, the optional-package mechanism and the Picture primitives live in lower modules
+# (``formats``, ``extras``, ``picture``) that ``raw`` shares with this one; they are re-exported here
+# because ``lle_cli.imageio`` is where callers have always found them.
+from .extras import HEIF_EXTRA, RAW_EXTRA, MissingExtraError, require_extra
+from .formats import (
+    FORMATS,
+    IMAGE_SUFFIXES,
+    RAW_SUFFIXES,
+    default_output_format,
+    format_from_suffix,
+    is_image_path,
+    is_raw_path,
+    normalise_format,
+)
+from .picture import (
+    Picture,
+    assemble,
+    check_pixels,
+    corrupt_error,
+    descriptive_exif,
+    icc_space,
+    reset_orientation,
+    tiff_exif,
+    to_unit,
+)
+
 __all__ = [
     "Picture",
     "read_image",
+    "read_rgb8",
     "encode_image",
     "write_bytes_atomic",
     "format_from_suffix",
@@ -47,26 +71,6 @@ __all__ = [
     "RAW_MODES",
 ]
 
-_SUFFIX_FORMATS = {
-    ".png": "PNG",
-    ".jpg": "JPEG",
-    ".jpeg": "JPEG",
-    ".tif": "TIFF",
-    ".tiff": "TIFF",
-    ".webp": "WEBP",
-    ".bmp": "BMP",
-    ".heic": "HEIC",
-    ".heif": "HEIC",
-    ".hif": "HEIC",
-    ".avif": "AVIF",
-}
-# Camera RAW, decoded by LibRaw (rawpy); read only.
-RAW_SUFFIXES: frozenset[str] = frozenset(
-    {".dng", ".cr2", ".cr3", ".nef", ".nrw", ".arw", ".raf", ".orf", ".rw2", ".pef", ".srw"}
-)
-IMAGE_SUFFIXES: frozenset[str] = frozenset(_SUFFIX_FORMATS) | RAW_SUFFIXES
-FORMATS: tuple[str, ...] = ("PNG", "JPEG", "TIFF", "WEBP", "BMP", "HEIC", "AVIF")
-_FORMAT_ALIASES = {"JPG": "JPEG", "TIF": "TIFF", "HEIF": "HEIC"}
 RAW_MODES: tuple[str, ...] = ("srgb", "linear")
 # Pillow >= 11.3 carries its own AVIF plugin (libavif with dav1d and aom); older or custom builds may not.
 _PILLOW_AVIF = features.check("avif") is True
@@ -78,16 +82,8 @@ _WHAT_WE_READ = "JPEG/PNG/TIFF/WebP/BMP/HEIC/AVIF or camera RAW"
 _HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
 _AVIF_BRANDS = {b"avif", b"avis"}
 _CR3_BRAND = b"crx "
-_HEIF_EXTRA = ("heif", "pillow_heif", "HEIC")
-_RAW_EXTRA = ("raw", "rawpy", "camera RAW")
 # 4:4:4 chroma at high quality (as JPEG): halving the colour resolution is what shows first.
 _FULL_CHROMA_QUALITY = 90
-_CORRUPT_FIX = "re-export or re-download it"
-
-_ORIENTATION = 0x0112
-# EXIF tags that describe the photo rather than the file layout; all a TIFF's IFD0 may pass on.
-_DESCRIPTIVE_TAGS = (0x010E, 0x010F, 0x0110, 0x0112, 0x011A, 0x011B, 0x0128, 0x0131, 0x0132, 0x013B, 0x8298)
-_SUB_IFDS = (0x8769, 0x8825)  # Exif, GPS
 _JPEG_MAX_EXIF = 65533  # one APP1 segment
 _TIFF_STDLIB_COMPRESSION = {1, 8, 32946}  # none, Adobe deflate, deflate: readable without imagecodecs
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
@@ -100,84 +96,14 @@ _PNG8_LEVEL = 2
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error, RuntimeError)
 
 
-@dataclass(eq=False)
-class Picture:
-    """A decoded photo plus everything needed to write it back faithfully."""
-
-    rgb: np.ndarray  # float32 (H, W, 3) in [0, 1], C-contiguous
-    alpha: np.ndarray | None  # float32 (H, W) in [0, 1]; never touched by enhancement
-    bit_depth: int  # 8 or 16: precision of the source (16 for anything above 8 bits)
-    grayscale: bool  # the source had one colour channel
-    icc_profile: bytes | None  # RGB or grey profile, matching ``grayscale``
-    exif: bytes | None  # "Exif\0\0"-prefixed EXIF with Orientation reset to 1
-    format: str  # "PNG", "JPEG", "TIFF", "WEBP", "BMP", "HEIC", "AVIF" or "RAW"
-    source: str  # path, or "<stdin>"
-    sample_bits: int | None = None  # bits the source stored when not 8 or 16 (10/12-bit HEIC, RAW)
-
-    def with_rgb(self, rgb: np.ndarray) -> Picture:
-        """The same picture with new pixels: what the enhancer returns keeps all metadata."""
-        return dataclasses.replace(self, rgb=np.ascontiguousarray(rgb, dtype=np.float32))
-
-
-# --------------------------------------------------------------------------------------------
-# Suffixes
-
-
-def format_from_suffix(path: str | os.PathLike) -> str | None:
-    """Output format implied by a file name, or None for suffixes we do not write."""
-    return _SUFFIX_FORMATS.get(Path(path).suffix.lower())
-
-
-def default_output_format(path: str | os.PathLike) -> str:
-    """What an enhanced ``path`` is written as when nobody says: its own format, 16-bit TIFF for a
-    camera RAW (nothing writes RAW), PNG for anything unknown (stdin)."""
-    if is_raw_path(path):
-        return "TIFF"
-    return format_from_suffix(path) or "PNG"
-
-
-def is_image_path(path: str | os.PathLike) -> bool:
-    """Whether a directory walk should pick this file up."""
-    return Path(path).suffix.lower() in IMAGE_SUFFIXES
-
-
-def is_raw_path(path: str | os.PathLike) -> bool:
-    """A camera RAW by its suffix (.dng, .cr2, .nef, ...)."""
-    return Path(path).suffix.lower() in RAW_SUFFIXES
-
-
-def normalise_format(fmt: str) -> str:
-    """``--format`` spellings (jpg, .tif, heif, ...) to one of ``FORMATS``; ``UsageError`` otherwise."""
-    name = fmt.strip().upper().lstrip(".")
-    name = _FORMAT_ALIASES.get(name, name)
-    if name not in FORMATS:
-        raise UsageError(f"unsupported output format {fmt!r}; use one of {', '.join(FORMATS)}")
-    return name
-
-
 # --------------------------------------------------------------------------------------------
 # Optional packages
-
-
-class MissingExtraError(UsageError):
-    """A file type needs an optional package (a pip extra) that is not installed; exit code 2."""
-
-
-def require_extra(extra: str, module: str, what: str, label: str | None = None):
-    """Import ``module`` or raise ``MissingExtraError`` naming the pip extra that installs it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        where = f"{label}: " if label else ""
-        raise MissingExtraError(
-            f'{where}{what} needs the optional package {module}; install it with: pip install "lle-cli[{extra}]"'
-        ) from None
 
 
 def check_format_available(fmt: str, label: str | None = None) -> None:
     """Raise ``MissingExtraError`` now if writing ``fmt`` would need a package that is missing."""
     if fmt == "HEIC":
-        require_extra(*_HEIF_EXTRA, label)
+        HEIF_EXTRA.load(label)
     elif fmt == "AVIF":
         _require_pillow_avif(label)
 
@@ -186,7 +112,7 @@ def check_input_available(path: str | os.PathLike) -> None:
     """Raise ``MissingExtraError`` now if reading ``path`` (judged by its suffix) needs a missing package,
     so a batch stops before any work rather than failing file after file."""
     if is_raw_path(path):
-        require_extra(*_RAW_EXTRA, os.fspath(path))
+        RAW_EXTRA.load(os.fspath(path))
     else:
         check_format_available(format_from_suffix(path) or "", os.fspath(path))
 
@@ -222,11 +148,20 @@ def read_image(source: str | os.PathLike | bytes, *, name: str | None = None, ra
         label = name or os.fspath(source)
         suffix = Path(source).suffix.lower()
         if suffix in RAW_SUFFIXES:  # before reading tens of MB only to be told rawpy is missing
-            require_extra(*_RAW_EXTRA, label)
+            RAW_EXTRA.load(label)
         data = _read_file(os.fspath(source), label)
     if not data:
         raise InputError(f"{label}: the file is empty (0 bytes); check it was written completely")
     return _decode(data, label, suffix, raw)
+
+
+def read_rgb8(path: str | os.PathLike) -> np.ndarray:
+    """A still image as upright 8-bit RGB (H, W, 3), alpha dropped: for trainers and data tools.
+
+    They list files by ``IMAGE_SUFFIXES`` and read them here, so they take every format
+    ``lle enhance`` takes (16-bit, HEIC, RAW, CMYK through its profile) and no other.
+    """
+    return _quantise(read_image(path).rgb, 8)
 
 
 def _read_file(path: str, label: str) -> bytes:
@@ -241,25 +176,6 @@ def _read_file(path: str, label: str) -> bytes:
         raise InputError(f"{label}: permission denied; check the file's read permission") from None
     except OSError as exc:
         raise InputError(f"{label}: cannot be read ({exc.strerror or exc}); check the file") from None
-
-
-def _corrupt(label: str, exc: BaseException | str) -> InputError:
-    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return InputError(f"{label}: the file is truncated or corrupt ({reason}); {_CORRUPT_FIX}")
-
-
-def _too_large(label: str, width: int, height: int) -> InputError:
-    return InputError(
-        f"{label}: {width}x{height} pixels is over the decompression-bomb limit; "
-        "if the image is genuine, downscale it first"
-    )
-
-
-def _check_pixels(label: str, width: int, height: int) -> None:
-    """Pillow's decompression-bomb rule, for the decoders that bypass Pillow."""
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit is not None and width * height > 2 * limit:
-        raise _too_large(label, width, height)
 
 
 def _ftyp_brands(data: bytes) -> set[bytes]:
@@ -316,9 +232,9 @@ def _decode(data: bytes, label: str, suffix: str = "", raw: str = "srgb") -> Pic
         try:
             header = _png.read_header(data)
         except _png.PngError as exc:
-            raise _corrupt(label, exc) from None
+            raise corrupt_error(label, exc) from None
         if header.bit_depth == 16:
-            _check_pixels(label, header.width, header.height)
+            check_pixels(label, header.width, header.height)
             return _read_png16(data, label)
     return _decode_pillow(data, label)
 
@@ -330,20 +246,20 @@ def _decode_pillow(data: bytes, label: str) -> Picture:
         raise InputError(f"{label}: {exc}; if the image is genuine, downscale it first") from None
     except UnidentifiedImageError:
         if _looks_like_image(data):
-            raise _corrupt(label, "cannot identify image file") from None
+            raise corrupt_error(label, "cannot identify image file") from None
         raise InputError(
             f"{label}: not a readable image (cannot identify image file); "
             f"check the file is a {_WHAT_WE_READ}"
         ) from None
     except _DECODE_ERRORS as exc:
-        raise _corrupt(label, exc) from None
+        raise corrupt_error(label, exc) from None
     with im:
         try:
             im.load()
         except Image.DecompressionBombError as exc:
             raise InputError(f"{label}: {exc}; if the image is genuine, downscale it first") from None
         except _DECODE_ERRORS as exc:
-            raise _corrupt(label, exc) from None
+            raise corrupt_error(label, exc) from None
         return _from_pillow(im, label)
 
 
@@ -360,9 +276,9 @@ def _from_pillow(im: Image.Image, label: str) -> Picture:
     fmt = "JPEG" if im.format == "MPO" else str(im.format)
     icc = im.info.get("icc_profile") or None
     if fmt == "TIFF":
-        exif, orientation = _tiff_exif(im)
+        exif, orientation = tiff_exif(im)
     else:
-        exif, orientation = _reset_orientation(im.info.get("exif"))
+        exif, orientation = reset_orientation(im.info.get("exif"))
 
     mode = im.mode
     try:
@@ -389,7 +305,7 @@ def _from_pillow(im: Image.Image, label: str) -> Picture:
         if mode == "I":  # 32-bit container that Pillow fills with 16-bit data
             arr = np.clip(arr, 0, 65535).astype(np.uint16)
     except (ImageCms.PyCMSError, *_DECODE_ERRORS) as exc:
-        raise _corrupt(label, exc) from None
+        raise corrupt_error(label, exc) from None
 
     grayscale = mode in _GRAY_MODES
     if arr.ndim == 2:
@@ -400,7 +316,7 @@ def _from_pillow(im: Image.Image, label: str) -> Picture:
     elif mode in ("L", "RGB") and "transparency" in im.info:
         alpha = _key_alpha(arr, im.info["transparency"])
     depth = 8 if arr.dtype == np.uint8 else 16
-    return _assemble(arr, alpha, depth, grayscale, icc, exif, orientation, fmt, label)
+    return assemble(arr, alpha, depth, grayscale, icc, exif, orientation, fmt, label)
 
 
 def _has_transparency(im: Image.Image) -> bool:
@@ -424,7 +340,7 @@ def _srgb() -> ImageCms.ImageCmsProfile:
 
 def _cmyk_to_rgb(im: Image.Image, icc: bytes | None) -> Image.Image:
     """Through the embedded profile when there is a usable one, else Pillow's naive formula."""
-    if icc and _icc_space(icc) == b"CMYK":
+    if icc and icc_space(icc) == b"CMYK":
         try:
             return ImageCms.profileToProfile(
                 im,
@@ -445,7 +361,7 @@ def _read_png16(data: bytes, label: str) -> Picture:
     except _png.PngUnsupportedError as exc:
         raise InputError(f"{label}: unsupported PNG ({exc}); re-save it as 8- or 16-bit RGB") from None
     except _png.PngError as exc:
-        raise _corrupt(label, exc) from None
+        raise corrupt_error(label, exc) from None
     arr = png.pixels
     channels = arr.shape[2]
     alpha = None
@@ -453,8 +369,8 @@ def _read_png16(data: bytes, label: str) -> Picture:
         arr, alpha = arr[:, :, :-1], arr[:, :, -1]
     elif png.transparent is not None:
         alpha = _key_alpha(arr, png.transparent)
-    exif, orientation = _reset_orientation(png.exif)
-    return _assemble(arr, alpha, 16, channels <= 2, png.icc_profile, exif, orientation, "PNG", label)
+    exif, orientation = reset_orientation(png.exif)
+    return assemble(arr, alpha, 16, channels <= 2, png.icc_profile, exif, orientation, "PNG", label)
 
 
 def _read_heif(data: bytes, label: str) -> Picture:
@@ -464,18 +380,18 @@ def _read_heif(data: bytes, label: str) -> Picture:
     readers must honour; the EXIF Orientation of such a file describes the same turn, so it is
     reset to 1 and not applied a second time.
     """
-    pillow_heif = require_extra(*_HEIF_EXTRA, label)
+    pillow_heif = HEIF_EXTRA.load(label)
     try:
         heif = pillow_heif.open_heif(io.BytesIO(data), convert_hdr_to_8bit=False)
         width, height = heif.size
-        _check_pixels(label, width, height)
+        check_pixels(label, width, height)
         mode = heif.mode
         arr = np.asarray(heif)  # decodes the primary image
         info = heif.info
     except InputError:
         raise
     except (*_DECODE_ERRORS, TypeError) as exc:
-        raise _corrupt(label, exc) from None
+        raise corrupt_error(label, exc) from None
     bits = int(info.get("bit_depth") or 8)
     if arr.dtype == np.uint16:
         # pillow-heif hands 10/12-bit samples over in the top bits of 16 ("RGB;16"); bring them back
@@ -493,9 +409,9 @@ def _read_heif(data: bytes, label: str) -> Picture:
     alpha = None
     if mode.split(";")[0] in ("RGBA", "RGBa", "LA", "La"):
         values, alpha = values[:, :, :-1], values[:, :, -1]
-    exif, _ = _reset_orientation(info.get("exif"))
+    exif, _ = reset_orientation(info.get("exif"))
     icc = info.get("icc_profile") if info.get("icc_profile_type", "prof") in ("prof", "rICC") else None
-    return _assemble(values, alpha, 16 if bits > 8 else 8, grayscale, icc or None, exif, 1, "HEIC", label,
+    return assemble(values, alpha, 16 if bits > 8 else 8, grayscale, icc or None, exif, 1, "HEIC", label,
                      sample_bits=bits if bits not in (8, 16) else None)
 
 
@@ -517,7 +433,7 @@ def _read_tiff_high_depth(data: bytes, label: str) -> Picture | None:
             photometric = int(page.photometric)
             if photometric not in (0, 1, 2):  # palette, CMYK, YCbCr, Lab: Pillow may manage at 8 bits
                 return _pillow_or(data, label, f"{depth}-bit TIFF in {page.photometric.name} colour")
-            _check_pixels(label, page.imagewidth, page.imagelength)
+            check_pixels(label, page.imagewidth, page.imagelength)
             if page.compression not in _TIFF_STDLIB_COMPRESSION and not _has_imagecodecs():
                 raise _needs_imagecodecs(label, f"{depth}-bit TIFF with {page.compression.name} compression")
             arr = page.asarray()
@@ -530,7 +446,7 @@ def _read_tiff_high_depth(data: bytes, label: str) -> Picture | None:
         except (tifffile.TiffFileError, *_DECODE_ERRORS, KeyError) as exc:
             if "imagecodecs" in str(exc):
                 raise _needs_imagecodecs(label, f"{depth}-bit TIFF") from None
-            raise _corrupt(label, exc) from None
+            raise corrupt_error(label, exc) from None
 
     if axes == "YX":
         arr = arr[:, :, None]
@@ -540,9 +456,9 @@ def _read_tiff_high_depth(data: bytes, label: str) -> Picture | None:
         raise InputError(f"{label}: TIFF layout {axes} is not supported; save a single 2-D image")
     colour = 3 if photometric == 2 else 1
     if arr.shape[2] < colour:
-        raise _corrupt(label, "fewer samples than the colour space needs")
+        raise corrupt_error(label, "fewer samples than the colour space needs")
 
-    values = _to_unit(arr)
+    values = to_unit(arr)
     if photometric == 0:  # min-is-white
         values[:, :, :colour] = 1.0 - values[:, :, :colour]
     alpha = None
@@ -558,10 +474,10 @@ def _read_tiff_high_depth(data: bytes, label: str) -> Picture | None:
     exif = None
     try:
         with Image.open(io.BytesIO(data), formats=["TIFF"]) as im:
-            exif, _ = _tiff_exif(im)
+            exif, _ = tiff_exif(im)
     except Exception:  # noqa: BLE001 - metadata is optional; pixels are already decoded
         exif = None
-    return _assemble(values, alpha, 16, colour == 1, icc, exif, orientation, "TIFF", label)
+    return assemble(values, alpha, 16, colour == 1, icc, exif, orientation, "TIFF", label)
 
 
 def _needs_imagecodecs(label: str, what: str) -> InputError:
@@ -582,157 +498,6 @@ def _has_imagecodecs() -> bool:
     except ImportError:
         return False
     return True
-
-
-def _to_unit(arr: np.ndarray) -> np.ndarray:
-    """Any integer or float sample array as float32 in [0, 1]."""
-    if arr.dtype == np.bool_:
-        return arr.astype(np.float32)
-    if arr.dtype.kind in "ui":
-        info = np.iinfo(arr.dtype)
-        out = arr.astype(np.float32)
-        out /= np.float32(info.max)  # in place: a 24 MP image is 288 MB per float copy
-        return np.clip(out, 0.0, 1.0, out=out) if info.min < 0 else out
-    out = np.nan_to_num(arr.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
-    return np.clip(out, 0.0, 1.0)
-
-
-def _assemble(
-    arr: np.ndarray,
-    alpha: np.ndarray | None,
-    bit_depth: int,
-    grayscale: bool,
-    icc: bytes | None,
-    exif: bytes | None,
-    orientation: int,
-    fmt: str,
-    label: str,
-    *,
-    sample_bits: int | None = None,
-) -> Picture:
-    values = _to_unit(arr)
-    if alpha is not None:
-        alpha = _to_unit(alpha)
-    values = _orient(values, orientation)
-    if alpha is not None:
-        alpha = np.ascontiguousarray(_orient(alpha, orientation))
-    if grayscale:
-        rgb = np.repeat(values[:, :, :1], 3, axis=2)
-    else:
-        rgb = np.ascontiguousarray(values[:, :, :3])
-    wanted = b"GRAY" if grayscale else b"RGB "
-    if icc is not None and _icc_space(icc) != wanted:
-        icc = None
-    return Picture(rgb, alpha, 16 if bit_depth > 8 else 8, grayscale, icc, exif, fmt, label, sample_bits)
-
-
-def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
-    """Apply an EXIF orientation (1-8) so the pixels display upright, as Pillow's exif_transpose."""
-    if orientation == 2:
-        return arr[:, ::-1]
-    if orientation == 3:
-        return arr[::-1, ::-1]
-    if orientation == 4:
-        return arr[::-1]
-    if orientation == 5:
-        return arr.swapaxes(0, 1)
-    if orientation == 6:
-        return np.rot90(arr, -1)
-    if orientation == 7:
-        return arr.swapaxes(0, 1)[::-1, ::-1]
-    if orientation == 8:
-        return np.rot90(arr, 1)
-    return arr
-
-
-def _icc_space(icc: bytes) -> bytes | None:
-    """The profile's data colour space signature ("RGB ", "GRAY", "CMYK", ...)."""
-    return icc[16:20] if len(icc) >= 128 else None
-
-
-# --------------------------------------------------------------------------------------------
-# EXIF
-
-
-def _reset_orientation(raw: bytes | None) -> tuple[bytes | None, int]:
-    """Return ("Exif\\0\\0"-prefixed EXIF with Orientation = 1, the original orientation).
-
-    The EXIF is patched in place so everything else (maker notes included) stays byte-identical;
-    Pillow's re-serialisation is only the fallback for odd layouts.
-    """
-    if not raw:
-        return None, 1
-    body = raw[6:] if raw.startswith(b"Exif\x00\x00") else raw
-    try:
-        patched, orientation = _patch_exif(body)
-    except (struct.error, ValueError):
-        return _reset_orientation_pillow(body)
-    return b"Exif\x00\x00" + patched, orientation if 1 <= orientation <= 8 else 1
-
-
-def _patch_exif(body: bytes) -> tuple[bytes, int]:
-    """Set Orientation to 1 and unlink IFD1, whose thumbnail shows the un-enhanced photo."""
-    order = {b"II": "<", b"MM": ">"}.get(body[:2])
-    if order is None:
-        raise ValueError("not TIFF-structured EXIF")
-    magic, ifd = struct.unpack(order + "HI", body[2:8])
-    if magic != 42:
-        raise ValueError("bad EXIF magic")
-    (count,) = struct.unpack(order + "H", body[ifd : ifd + 2])
-    fixed = bytearray(body)
-    orientation = 1
-    for i in range(count):
-        entry = ifd + 2 + 12 * i
-        tag, kind, n = struct.unpack(order + "HHI", body[entry : entry + 8])
-        if tag == _ORIENTATION:
-            if kind != 3 or n != 1:
-                raise ValueError("unusual Orientation entry")
-            (orientation,) = struct.unpack(order + "H", body[entry + 8 : entry + 10])
-            fixed[entry + 8 : entry + 10] = struct.pack(order + "H", 1)
-    link = ifd + 2 + 12 * count
-    struct.unpack(order + "I", body[link : link + 4])  # raises if IFD0 is cut short
-    fixed[link : link + 4] = bytes(4)
-    return bytes(fixed), orientation
-
-
-def _reset_orientation_pillow(body: bytes) -> tuple[bytes | None, int]:
-    try:
-        exif = Image.Exif()
-        exif.load(body)
-        orientation = int(exif.get(_ORIENTATION, 1))
-        if _ORIENTATION in exif:
-            exif[_ORIENTATION] = 1
-        return exif.tobytes(), orientation if 1 <= orientation <= 8 else 1
-    except Exception:  # noqa: BLE001 - unparseable EXIF is dropped rather than fail the photo
-        return None, 1
-
-
-def _descriptive_exif(exif: Image.Exif) -> Image.Exif | None:
-    """Keep only tags about the photo (camera, dates, exposure, GPS), none about file layout.
-
-    A TIFF's IFD0 doubles as its EXIF; copying strip offsets or sizes into another file is wrong.
-    """
-    kept = Image.Exif()
-    for tag in _DESCRIPTIVE_TAGS:
-        if tag in exif:
-            kept[tag] = exif[tag]
-    for tag in _SUB_IFDS:
-        sub = exif.get_ifd(tag)
-        if sub:
-            kept[tag] = dict(sub)
-    if _ORIENTATION in kept:
-        kept[_ORIENTATION] = 1
-    return kept if len(kept) else None
-
-
-def _tiff_exif(im: Image.Image) -> tuple[bytes | None, int]:
-    try:
-        exif = im.getexif()
-        orientation = int(exif.get(_ORIENTATION, 1))
-        kept = _descriptive_exif(exif)
-        return (kept.tobytes() if kept is not None else None), orientation if 1 <= orientation <= 8 else 1
-    except Exception:  # noqa: BLE001 - metadata is optional
-        return None, 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -783,14 +548,14 @@ def encode_image(pic: Picture, fmt: str, *, quality: int = 95, bit_depth: int | 
     if fmt == "HEIC":
         stored = 8 if depth == 8 else (pic.sample_bits if pic.sample_bits in (10, 12) else 10)
         icc = pic.icc_profile
-        if icc is not None and _icc_space(icc) != (b"GRAY" if pic.grayscale else b"RGB "):
+        if icc is not None and icc_space(icc) != (b"GRAY" if pic.grayscale else b"RGB "):
             icc = None
         return _encode_heif(_quantise(planes, stored), stored, quality, icc, pic.exif)
     pix = _quantise(planes, depth)
 
     gray_out = pix.shape[2] in (1, 2)
     icc = pic.icc_profile
-    if icc is not None and _icc_space(icc) != (b"GRAY" if gray_out else b"RGB "):
+    if icc is not None and icc_space(icc) != (b"GRAY" if gray_out else b"RGB "):
         icc = None
     exif = pic.exif if fmt != "BMP" else None
 
@@ -817,7 +582,7 @@ def _encode_heif(pix: np.ndarray, bits: int, quality: int, icc: bytes | None, ex
     ``pix`` holds the stored code values (0..2^bits - 1). The EXIF goes in as is: its Orientation is
     already 1, so the pixels are written upright and no rotation box is needed.
     """
-    pillow_heif = require_extra(*_HEIF_EXTRA)
+    pillow_heif = HEIF_EXTRA.load()
     mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[pix.shape[2]] + (f";{bits}" if bits > 8 else "")
     h, w = pix.shape[:2]
     kwargs: dict[str, object] = {"quality": quality, "chroma": 444 if quality >= _FULL_CHROMA_QUALITY else 420}
@@ -866,7 +631,7 @@ def _exif_for_tiff(exif: bytes) -> Image.Exif | None:
     try:
         parsed = Image.Exif()
         parsed.load(exif[6:] if exif.startswith(b"Exif\x00\x00") else exif)
-        return _descriptive_exif(parsed)
+        return descriptive_exif(parsed)
     except Exception:  # noqa: BLE001 - metadata is optional
         return None
 
@@ -901,9 +666,4 @@ def _encode_tiff16(pix: np.ndarray, icc: bytes | None, exif: bytes | None) -> by
         extratags=extratags,
     )
     return buf.getvalue()
-
-
-# --------------------------------------------------------------------------------------------
-# Writing
-
 

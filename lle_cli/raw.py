@@ -23,15 +23,8 @@ import numpy as np
 from PIL import Image
 
 from .errors import InputError
-from .imageio import (
-    _RAW_EXTRA,
-    Picture,
-    _assemble,
-    _check_pixels,
-    _corrupt,
-    _descriptive_exif,
-    require_extra,
-)
+from .extras import RAW_EXTRA
+from .picture import Picture, assemble, check_pixels, corrupt_error, descriptive_exif
 
 __all__ = ["read_raw", "linear_srgb_profile"]
 
@@ -44,11 +37,11 @@ _EXIF_IFD = 0x8769
 
 def read_raw(data: bytes, label: str, *, linear: bool = False) -> Picture:
     """Demosaic a camera RAW into a 16-bit ``Picture`` (see the module docstring for the rendering)."""
-    rawpy = require_extra(*_RAW_EXTRA, label)
+    rawpy = RAW_EXTRA.load(label)
     try:
         with rawpy.imread(io.BytesIO(data)) as raw:
             sizes = raw.sizes
-            _check_pixels(label, sizes.width, sizes.height)
+            check_pixels(label, sizes.width, sizes.height)
             white = int(np.max(raw.camera_white_level_per_channel or [raw.white_level]))
             rgb = raw.postprocess(
                 use_camera_wb=True,
@@ -63,11 +56,11 @@ def read_raw(data: bytes, label: str, *, linear: bool = False) -> Picture:
         reason = str(exc) or type(exc).__name__
         if isinstance(exc, rawpy.LibRawFileUnsupportedError):
             raise InputError(f"{label}: LibRaw cannot read this RAW ({reason}); convert it to DNG first") from None
-        raise _corrupt(label, reason) from None
+        raise corrupt_error(label, reason) from None
     except (OSError, ValueError, MemoryError) as exc:
-        raise _corrupt(label, exc) from None
+        raise corrupt_error(label, exc) from None
     bits = max(white, 1).bit_length()
-    return _assemble(
+    return assemble(
         rgb, None, 16, False, linear_srgb_profile() if linear else None, _raw_exif(data), 1, "RAW", label,
         sample_bits=bits if 8 < bits < 16 else None,
     )
@@ -83,11 +76,11 @@ def _raw_exif(data: bytes) -> bytes | None:
     try:
         exif = Image.Exif()
         exif.load(data)
-        kept = _descriptive_exif(exif)
+        kept = descriptive_exif(exif)
         if kept is None:
             return None
         sub = kept.get(_EXIF_IFD)
-        if isinstance(sub, dict):  # _descriptive_exif holds the sub-IFD as a plain dict
+        if isinstance(sub, dict):  # descriptive_exif holds the sub-IFD as a plain dict
             kept[_EXIF_IFD] = {tag: value for tag, value in sub.items() if tag != _MAKER_NOTE}
         return kept.tobytes()
     except Exception:  # noqa: BLE001 - metadata is optional; the pixels are already decoded

@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import formats
 from .errors import LLEError, OutputExistsError, UsageError
 from .imageio import encode_image, read_image, write_bytes_atomic
 from .registry import ModelEntry
@@ -809,17 +810,10 @@ class SampleJobResult:
         return asdict(self)
 
 
-_SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "TIFF": ".tif", "WEBP": ".webp", "BMP": ".bmp"}
-
-
 def normalise_format(fmt: str | None) -> str | None:
-    """``jpg``/``tif``/... -> the canonical name, or ``UsageError`` for a format we do not write."""
-    if fmt is None:
-        return None
-    name = {"JPG": "JPEG", "TIF": "TIFF"}.get(fmt.strip().upper().lstrip("."), fmt.strip().upper().lstrip("."))
-    if name not in _SUFFIXES:
-        raise UsageError(f"--format {fmt!r}: expected one of png, jpeg, tiff, webp, bmp")
-    return name
+    """``jpg``/``tif``/... -> the canonical name (None stays None), or ``UsageError`` for a format
+    ``lle sample`` does not write: only those that need no optional package (``BUILTIN_FORMATS``)."""
+    return None if fmt is None else formats.normalise_format(fmt, formats.BUILTIN_FORMATS)
 
 
 def _fmt_tau(t: float) -> str:
@@ -964,10 +958,12 @@ def run_sample_job(
     try:
         check_options(opts)
         pic = read_image(stdin if stdin is not None else b"", name="<stdin>") if input == "-" else read_image(input)
-        fmt = normalise_format(opts.format) or (pic.format if input != "-" and pic.format in _SUFFIXES else "PNG")
+        fmt = normalise_format(opts.format) or (
+            pic.format if input != "-" and pic.format in formats.BUILTIN_FORMATS else "PNG"
+        )
         stem = "stdin" if input == "-" else Path(input).stem
         folder = Path(out_dir) if out_dir is not None else (Path.cwd() if input == "-" else Path(input).parent)
-        names, mean_names, sheet_name = output_names(stem, _SUFFIXES[fmt], opts)
+        names, mean_names, sheet_name = output_names(stem, formats.default_suffix(fmt), opts)
         planned = [folder / p for p in [*names, *mean_names.values(), *([sheet_name] if sheet_name else [])]]
         if opts.skip_existing and input != "-":  # piped bytes may be another image under the same name
             incomplete = next((p for p in planned if not _complete(p)), None)

@@ -40,7 +40,8 @@ import numpy as np
 
 from .atomic import replacing
 from .errors import InputError, OutputError, OutputExistsError, UsageError
-from .imageio import require_extra
+from .extras import VIDEO_EXTRA
+from .formats import VIDEO_SUFFIXES, is_video_path, muxer_for
 
 __all__ = [
     "VIDEO_SUFFIXES",
@@ -56,9 +57,6 @@ __all__ = [
     "frame_brightness",
 ]
 
-# Container suffix -> FFmpeg muxer. The temporary file's name ends in ".part", so the muxer is named.
-_MUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".avi": "avi"}
-VIDEO_SUFFIXES: frozenset[str] = frozenset(_MUXERS)
 _FALLBACK_ENCODER = "libx264"
 # x264/x265 rate control: constant quality; 18 is about visually lossless for 8-bit H.264
 _CRF_ENCODERS = {"libx264", "libx265"}
@@ -81,14 +79,9 @@ def check_encoder(name: str) -> None:
         raise UsageError(f"--video-codec {name}: this FFmpeg has no such encoder; try libx264, libx265 or mpeg4") from None
 
 
-def is_video_path(path: str | os.PathLike) -> bool:
-    """A video by its suffix (.mp4, .mov, .mkv, .webm, .avi, .m4v)."""
-    return Path(path).suffix.lower() in VIDEO_SUFFIXES
-
-
 def require_video(label: str | None = None):
     """The ``av`` module, or ``MissingExtraError`` naming the ``video`` extra."""
-    return require_extra("video", "av", "video", label)
+    return VIDEO_EXTRA.load(label)
 
 
 @dataclass(frozen=True)
@@ -229,7 +222,7 @@ def enhance_video(
     av = require_video(src)
     if options.smoothing < 0 or not math.isfinite(options.smoothing):
         raise UsageError(f"--smoothing {options.smoothing}: give seconds >= 0 (0 turns it off)")
-    muxer = _MUXERS.get(dst.suffix.lower())
+    muxer = muxer_for(dst)  # named: the temporary file's ".part" suffix hides it from FFmpeg
     if muxer is None:
         raise UsageError(f"{dst}: unknown video suffix; use one of {', '.join(sorted(VIDEO_SUFFIXES))}")
     if not overwrite and os.path.lexists(dst):

@@ -222,3 +222,14 @@ def _threads_and_seed():
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def weights(tmp_path) -> Path:
+    """Random Zero-DCE weights as a safetensors file: what the CLI, record and eval tests enhance with."""
+    from lle_cli.models import build_model
+    from lle_cli.weights import save_safetensors
+
+    path = tmp_path / "zdce.safetensors"
+    save_safetensors(build_model("zero_dce").state_dict(), path)
+    return path

@@ -13,17 +13,8 @@ import pytest
 from PIL import Image
 
 from lle_cli.cli.main import main
-from lle_cli.models import build_model
-from lle_cli.weights import save_safetensors
 
 from .conftest import shared_path
-
-
-@pytest.fixture
-def weights(tmp_path) -> Path:
-    path = tmp_path / "zdce.safetensors"
-    save_safetensors(build_model("zero_dce").state_dict(), path)
-    return path
 
 
 @pytest.fixture

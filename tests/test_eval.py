@@ -16,8 +16,6 @@ from lle_cli.cli.main import main
 from lle_cli.errors import UsageError
 from lle_cli.evaluate import PROTOCOLS, evaluate_predictions, get_protocol, measure, pair_files
 from lle_cli.metrics import grey_u8, psnr, quantise, ssim, ssim_columns
-from lle_cli.models import build_model
-from lle_cli.weights import save_safetensors
 
 from .conftest import shared_path
 
@@ -31,13 +29,6 @@ def run(capsys, *args) -> tuple[int, str, str]:
 def save(path: Path, arr: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(path)
-    return path
-
-
-@pytest.fixture
-def weights(tmp_path) -> Path:
-    path = tmp_path / "zdce.safetensors"
-    save_safetensors(build_model("zero_dce").state_dict(), path)
     return path
 
 

@@ -12,15 +12,7 @@ from PIL import Image
 
 from lle_cli import api, record
 from lle_cli.cli.main import main
-from lle_cli.models import build_model
-from lle_cli.weights import save_safetensors, sha256_file
-
-
-@pytest.fixture
-def weights(tmp_path) -> Path:
-    path = tmp_path / "zdce.safetensors"
-    save_safetensors(build_model("zero_dce").state_dict(), path)
-    return path
+from lle_cli.weights import sha256_file
 
 
 @pytest.fixture

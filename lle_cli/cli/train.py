@@ -52,7 +52,7 @@ def zero_dce(
         from dataclasses import asdict
 
         from .. import record as run_record
-        from ..train.zero_dce import IMAGE_SUFFIXES
+        from ..formats import IMAGE_SUFFIXES
 
         path = run_record.write_training_record(
             output, family="zero_dce", data=data, options={"config": asdict(cfg)}, seed=cfg.seed, device=str(device),

@@ -6,8 +6,12 @@ Thin commands: they validate flags, build the trainer's config and call the libr
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
+from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -40,6 +44,83 @@ IdWeightsOpt = Annotated[Optional[Path], typer.Option("--identity-weights", help
 RunDirOpt = Annotated[Optional[Path], typer.Option("--run-dir", help="Checkpoints, metrics.jsonl and config (default: OUTPUT's name + _run).")]
 ResumeOpt = Annotated[Optional[Path], typer.Option("--resume", help="Continue from a checkpoint file or the newest one in a run directory.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")]
+CheckpointEveryOpt = Annotated[int, typer.Option("--checkpoint-every", min=1, help="Write a checkpoint every N steps.")]
+LogEveryOpt = Annotated[int, typer.Option("--log-every", min=1, help="Write metrics.jsonl every N steps.")]
+
+
+# ---- option groups: options every trainer command takes, written once -------------------------------
+def _with_options(*groups: Callable[..., object]):
+    """Give a command the options of ``groups``, each gathered into one argument.
+
+    A group is a function whose typed keyword parameters are options; the command receives what it
+    returns under the group's name. Typer builds a command's options from its signature, so the
+    wrapper's signature is the command's own parameters followed by every group's.
+    """
+
+    def wrap(command: Callable[..., int]) -> Callable[..., int]:
+        sig = inspect.signature(command, eval_str=True)
+        grouped = {g.__name__: list(inspect.signature(g, eval_str=True).parameters.values()) for g in groups}
+        own = [p for p in sig.parameters.values() if p.name not in grouped]
+        params = own + [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for ps in grouped.values() for p in ps]
+
+        @functools.wraps(command)
+        def with_options(**kwargs: object) -> int:
+            for g in groups:
+                kwargs[g.__name__] = g(**{p.name: kwargs.pop(p.name) for p in grouped[g.__name__]})
+            return command(**kwargs)
+
+        with_options.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        with_options.__annotations__ = {p.name: p.annotation for p in params} | {"return": sig.return_annotation}
+        return with_options
+
+    return wrap
+
+
+@dataclass(frozen=True)
+class RunArgs:
+    """Where a training run keeps its state and how it reports: the ``run`` option group."""
+
+    run_dir: Optional[Path]
+    resume: Optional[Path]
+    checkpoint_every: int
+    log_every: int
+    device: str
+    overwrite: bool
+    quiet: bool
+
+
+def _run_options(defaults) -> Callable[..., RunArgs]:
+    """The ``run`` group, with the checkpoint and log intervals of the trainer config ``defaults``."""
+
+    def run(
+        run_dir: RunDirOpt = None,
+        resume: ResumeOpt = None,
+        checkpoint_every: CheckpointEveryOpt = defaults.checkpoint_every,
+        log_every: LogEveryOpt = defaults.log_every,
+        device: DeviceOpt = "auto",
+        overwrite: OverwriteOpt = False,
+        quiet: QuietOpt = False,
+    ) -> RunArgs:
+        return RunArgs(run_dir, resume, checkpoint_every, log_every, device, overwrite, quiet)
+
+    return run
+
+
+def _clip_options(defaults) -> Callable[..., dict[str, ClipSpec]]:
+    """The ``clips`` group: the guidance and identity CLIPs, as the config's ``clip``/``identity_clip``."""
+
+    def clips(
+        clip_model: ClipModelOpt = defaults.clip.model,
+        clip_pretrained: ClipPretrainedOpt = "openai",
+        clip_weights: ClipWeightsOpt = None,
+        identity_model: IdModelOpt = defaults.identity_clip.model,
+        identity_pretrained: IdPretrainedOpt = "openai",
+        identity_weights: IdWeightsOpt = None,
+    ) -> dict[str, ClipSpec]:
+        return {"clip": _clip_spec(clip_model, clip_pretrained, clip_weights),
+                "identity_clip": _clip_spec(identity_model, identity_pretrained, identity_weights)}
+
+    return clips
 
 
 def _clip_spec(model: str, pretrained: str, weights: Optional[Path]) -> ClipSpec:
@@ -65,6 +146,16 @@ def _log(quiet: bool):
     return (lambda _m: None) if quiet else (lambda m: note(f"{m}"))
 
 
+def _train(train: Callable[..., object], inputs: tuple[Path, ...], output: Path, cfg: object, run: RunArgs, **extra: object) -> int:
+    """What every trainer command does with its config: refuse to overwrite, train with a bar, report."""
+    _check_output(output, run.overwrite)
+    with _bar(run.quiet) as progress:
+        result = train(*inputs, output, cfg, run_dir=run.run_dir, resume=run.resume, device=select_device(run.device),
+                       progress=progress, log=_log(run.quiet), **extra)
+    _summary(result, run.quiet)
+    return 0
+
+
 def _summary(result, quiet: bool) -> None:
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return
@@ -75,6 +166,7 @@ def _summary(result, quiet: bool) -> None:
     print(result.output)
 
 
+@_with_options(_clip_options(_R), _run_options(_R))
 def rave(
     backlit: BacklitOpt,
     welllit: WelllitOpt,
@@ -89,36 +181,19 @@ def rave(
     omega: Annotated[float, typer.Option(help="Weight of the residual loss (Eq. 11).")] = _R.losses.omega,
     augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Flips, transpose, zoom, rotation.")] = True,
     seed: Annotated[int, typer.Option()] = _R.seed,
-    clip_model: ClipModelOpt = _R.clip.model,
-    clip_pretrained: ClipPretrainedOpt = "openai",
-    clip_weights: ClipWeightsOpt = None,
-    identity_model: IdModelOpt = _R.identity_clip.model,
-    identity_pretrained: IdPretrainedOpt = "openai",
-    identity_weights: IdWeightsOpt = None,
-    run_dir: RunDirOpt = None,
-    resume: ResumeOpt = None,
-    checkpoint_every: Annotated[int, typer.Option(min=1)] = _R.checkpoint_every,
-    log_every: Annotated[int, typer.Option(min=1, help="Write metrics.jsonl every N steps.")] = _R.log_every,
-    device: DeviceOpt = "auto",
-    overwrite: OverwriteOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    clips: dict[str, ClipSpec],
+    run: RunArgs,
 ) -> int:
     """Train a RAVE illumination UNet guided by the residual vector of your backlit/well-lit images."""
     from ..api import train_rave
 
-    _check_output(output, overwrite)
     cfg = RaveTrainConfig(
         steps=steps, warmup_steps=warmup_steps, batch_size=batch_size, size=size, lr=lr, shift_tokens=shift_tokens,
-        paired=paired, augment=augment, seed=seed, checkpoint_every=checkpoint_every, log_every=log_every,
-        losses=RaveLossWeights(omega=omega),
-        clip=_clip_spec(clip_model, clip_pretrained, clip_weights),
-        identity_clip=_clip_spec(identity_model, identity_pretrained, identity_weights),
+        paired=paired, augment=augment, seed=seed, checkpoint_every=run.checkpoint_every, log_every=run.log_every,
+        losses=RaveLossWeights(omega=omega), **clips,
     )
-    with _bar(quiet) as progress:
-        result = train_rave(backlit, welllit, output, cfg, run_dir=run_dir, resume=resume, device=select_device(device),
-                            progress=progress, log=_log(quiet))
-    _summary(result, quiet)
-    return 0
+    return _train(train_rave, (backlit, welllit), output, cfg, run)
 
 
 def _margins(text: str) -> tuple[float, float, float]:
@@ -131,6 +206,7 @@ def _margins(text: str) -> tuple[float, float, float]:
     return vals  # type: ignore[return-value]
 
 
+@_with_options(_clip_options(_L), _run_options(_L))
 def clip_lit_latent(
     backlit: BacklitOpt,
     welllit: WelllitOpt,
@@ -149,39 +225,23 @@ def clip_lit_latent(
     margins: Annotated[str, typer.Option(help="m0,m1,m2 of Eq. 5.")] = ",".join(str(m) for m in _L.losses.margins),
     augment: Annotated[bool, typer.Option("--augment/--no-augment")] = True,
     seed: Annotated[int, typer.Option()] = _L.seed,
-    clip_model: ClipModelOpt = _L.clip.model,
-    clip_pretrained: ClipPretrainedOpt = "openai",
-    clip_weights: ClipWeightsOpt = None,
-    identity_model: IdModelOpt = _L.identity_clip.model,
-    identity_pretrained: IdPretrainedOpt = "openai",
-    identity_weights: IdWeightsOpt = None,
-    run_dir: RunDirOpt = None,
-    resume: ResumeOpt = None,
-    checkpoint_every: Annotated[int, typer.Option(min=1)] = _L.checkpoint_every,
-    log_every: Annotated[int, typer.Option(min=1)] = _L.log_every,
-    device: DeviceOpt = "auto",
-    overwrite: OverwriteOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    clips: dict[str, ClipSpec],
+    run: RunArgs,
 ) -> int:
     """Train the CLIP-LIT-Latent baseline: a latent prompt pair in CLIP space and the UNet, in rounds."""
     from ..api import train_clip_lit_latent
 
-    _check_output(output, overwrite)
     cfg = ClipLitLatentTrainConfig(
         init_steps=init_steps, warmup_steps=warmup_steps, rounds=rounds, unet_steps=unet_steps, latent_steps=latent_steps,
         batch_size=batch_size, latent_batch_size=latent_batch_size, size=size, lr=lr, latent_lr=latent_lr, paired=paired,
-        augment=augment, seed=seed, checkpoint_every=checkpoint_every, log_every=log_every,
-        losses=ClipLitLatentLossWeights(margins=_margins(margins)),
-        clip=_clip_spec(clip_model, clip_pretrained, clip_weights),
-        identity_clip=_clip_spec(identity_model, identity_pretrained, identity_weights),
+        augment=augment, seed=seed, checkpoint_every=run.checkpoint_every, log_every=run.log_every,
+        losses=ClipLitLatentLossWeights(margins=_margins(margins)), **clips,
     )
-    with _bar(quiet) as progress:
-        result = train_clip_lit_latent(backlit, welllit, output, cfg, run_dir=run_dir, resume=resume,
-                                       device=select_device(device), progress=progress, log=_log(quiet))
-    _summary(result, quiet)
-    return 0
+    return _train(train_clip_lit_latent, (backlit, welllit), output, cfg, run)
 
 
+@_with_options(_run_options(_S))
 def scl_lle(
     images: Annotated[Path, typer.Option("--images", help="Folder of low-light training images (e.g. Cityscapes leftImg8bit).")],
     positives: Annotated[Path, typer.Option("--positives", help="Folder of normal-light images (positive samples).")],
@@ -197,25 +257,15 @@ def scl_lle(
     vgg_weights: Annotated[Optional[str], typer.Option("--vgg-weights", help="VGG-16 weights file (default: torchvision's cache; 'random' for smoke tests).")] = None,
     seg_model: Annotated[str, typer.Option("--seg-model", help=f"torchvision segmenter: {', '.join(SEGMENTERS)}.")] = _S.segmenter.arch,
     seg_weights: Annotated[Optional[str], typer.Option("--seg-weights", help="Cityscapes-trained (19 classes) weights of --seg-model; without it the cross-entropy term is off.")] = None,
-    run_dir: RunDirOpt = None,
-    resume: ResumeOpt = None,
-    checkpoint_every: Annotated[int, typer.Option(min=1)] = _S.checkpoint_every,
-    log_every: Annotated[int, typer.Option(min=1)] = _S.log_every,
-    device: DeviceOpt = "auto",
-    overwrite: OverwriteOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    run: RunArgs,
 ) -> int:
     """Train a Zero-DCE curve network with SCL-LLE's contrastive, semantic and feature losses."""
     from ..api import train_scl_lle
 
-    _check_output(output, overwrite)
     cfg = SclTrainConfig(
         steps=steps, batch_size=batch_size, crop=crop, lr=lr, seed=seed, label_format=label_format,
-        checkpoint_every=checkpoint_every, log_every=log_every,
+        checkpoint_every=run.checkpoint_every, log_every=run.log_every,
         vgg=VggSpec(weights=vgg_weights), segmenter=SegSpec(arch=seg_model, weights=seg_weights),
     )
-    with _bar(quiet) as progress:
-        result = train_scl_lle(images, positives, negatives, output, cfg, labels=labels, run_dir=run_dir, resume=resume,
-                               device=select_device(device), progress=progress, log=_log(quiet))
-    _summary(result, quiet)
-    return 0
+    return _train(train_scl_lle, (images, positives, negatives), output, cfg, run, labels=labels)

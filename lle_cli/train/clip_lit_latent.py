@@ -25,10 +25,11 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from ..clip import ClipModel, ClipSpec, list_images, load_clip
+from ..clip import ClipModel, list_images, load_clip
 from ..errors import UsageError
 from ..losses_clip import (
     LOGIT_SCALE,
@@ -39,34 +40,22 @@ from ..losses_clip import (
 )
 from ..weights import save_safetensors
 from .common import (
-    Dist,
-    LogFn,
-    MetricsLog,
-    ProgressFn,
-    all_reduce_mean,
-    augment_batch,
-    barrier,
-    batch_indices,
-    broadcast_,
-    checkpoint_path,
-    jsonable,
-    load_images_resized,
-    open_run,
-    prune_checkpoints,
-    run_distributed,
-    save_checkpoint,
-    save_trained_weights,
-    step_generator,
-    wrap_ddp,
+    Dist, MetricsLog, RunOptions, all_reduce_mean, augment_batch, barrier, batch_indices, broadcast_,
+    checkpoint_path, jsonable, load_images_resized, open_run, prune_checkpoints, resume_training, run_distributed,
+    save_checkpoint, save_trained_weights, step_generator, wrap_ddp,
 )
 from .rave import (
     RESUMABLE,
+    GuidedUNetTrainConfig,
     TrainingEnhancer,
     TrainResult,
     check_pairs,
     identity_term,
     new_unet,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["ClipLitLatentLossWeights", "ClipLitLatentTrainConfig", "train_clip_lit_latent", "stage_schedule"]
 
@@ -84,7 +73,7 @@ class ClipLitLatentLossWeights:
 
 
 @dataclass(frozen=True)
-class ClipLitLatentTrainConfig:
+class ClipLitLatentTrainConfig(GuidedUNetTrainConfig):
     """Defaults: the supplement's settings; 13 rounds make the paper's ~50k iterations."""
 
     init_steps: int = 8_000
@@ -92,24 +81,9 @@ class ClipLitLatentTrainConfig:
     rounds: int = 13
     unet_steps: int = 2_100
     latent_steps: int = 1_000
-    batch_size: int = 8
     latent_batch_size: int = 16
-    size: int = 512
-    lr: float = 2e-5
     latent_lr: float = 5e-4
-    betas: tuple[float, float] = (0.9, 0.99)
-    weight_decay: float = 1e-3
-    paired: bool = False
-    augment: bool = True
-    outer_padding: str = "zeros"
-    seed: int = 0
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3
-    log_every: int = 20
-    embed_batch_size: int = 32
     losses: ClipLitLatentLossWeights = field(default_factory=ClipLitLatentLossWeights)
-    clip: ClipSpec = field(default_factory=ClipSpec)
-    identity_clip: ClipSpec = field(default_factory=lambda: ClipSpec(model="RN101", pretrained="openai"))
 
     @property
     def total_steps(self) -> int:
@@ -149,27 +123,19 @@ def _embed(clip: ClipModel, images: torch.Tensor, dev: torch.device, bs: int, un
 
 
 def train_clip_lit_latent(
-    backlit: Path,
-    welllit: Path,
-    output: Path,
-    cfg: ClipLitLatentTrainConfig | None = None,
-    *,
-    run_dir: Path | None = None,
-    resume: Path | None = None,
-    device: str | torch.device = "cpu",
-    progress: ProgressFn | None = None,
-    log: LogFn | None = None,
+    backlit: Path, welllit: Path, output: Path, cfg: ClipLitLatentTrainConfig | None = None, **run: Unpack[RunOptions]
 ) -> TrainResult:
-    """Train the latent pair and the UNet on ``backlit``/``welllit`` folders; write the UNet to ``output``."""
+    """Train the latent pair and the UNet on ``backlit``/``welllit`` folders; write the UNet to ``output``.
+
+    ``run``: ``run_dir``, ``resume``, ``device``, ``progress(step, total, loss)``, ``log`` (``RunOptions``).
+    """
     cfg = cfg or ClipLitLatentTrainConfig()
     if cfg.rounds < 1 or cfg.unet_steps < 1 or cfg.batch_size < 1 or cfg.latent_batch_size < 2 or cfg.size < 16:
         raise UsageError("--rounds, --unet-steps and --batch-size must be positive, --latent-batch-size at least 2, --size at least 16")
-    return run_distributed(
-        lambda *a: _train(Path(backlit), Path(welllit), cfg, resume, *a), output, run_dir, device, progress, log, cfg.batch_size
-    )
+    return run_distributed(lambda *a: _train(Path(backlit), Path(welllit), cfg, *a), output, cfg.batch_size, run)
 
 
-def _train(backlit, welllit, cfg, resume, output, run_dir, d, dev, local_batch, progress, say) -> TrainResult:
+def _train(backlit, welllit, cfg, output, run_dir, resume, d, dev, local_batch, progress, say) -> TrainResult:
     back_files, well_files = list_images(backlit), list_images(welllit)
     if cfg.paired:
         check_pairs(back_files, well_files)
@@ -196,16 +162,12 @@ def _train(backlit, welllit, cfg, resume, output, run_dir, d, dev, local_batch, 
     opt_u = torch.optim.Adam(unet.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     opt_l = torch.optim.Adam([latents], lr=cfg.latent_lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     enhanced: list[torch.Tensor] = []  # embeddings of the enhanced backlit set after the last UNet stages
-    start = 0
-    if ck is not None:
-        ck.restore_module("unet", unet)
-        ck.restore_optimizer("unet", opt_u)
+    start = resume_training(ck, "unet", unet, opt_u, say)
+    if ck is not None:  # the latent pair and the last stages' embeddings travel with the UNet
         ck.restore_optimizer("latents", opt_l)
         with torch.no_grad():
             latents.copy_(ck.tensors["latents"].to(dev))
         enhanced = [ck.tensors[f"enhanced{i}"].to(dev) for i in range(2) if f"enhanced{i}" in ck.tensors]
-        start = ck.step
-        say(f"resumed from {ck.path} at step {start}")
     model = wrap_ddp(TrainingEnhancer(unet), d, dev)
     model.train()
     metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=d.is_main, resume_step=start if ck else None)

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -55,6 +55,7 @@ __all__ = [
     "latest_checkpoint",
     "prune_checkpoints",
     "resolve_resume",
+    "resume_training",
     "check_run_dir",
     "check_resume_config",
     "MetricsLog",
@@ -63,6 +64,7 @@ __all__ = [
     "load_images_resized",
     "augment_batch",
     "ProgressFn",
+    "RunOptions",
     "LogFn",
 ]
 
@@ -234,6 +236,18 @@ class Checkpoint:
         if name not in self.optimizers:
             raise WeightsError(f"{self.path}: checkpoint has no optimiser {name!r}")
         optimizer.load_state_dict(self.optimizers[name])
+
+
+def resume_training(
+    ck: Checkpoint | None, name: str, module: nn.Module, optimizer: torch.optim.Optimizer, say: LogFn, *, unit: str = "step"
+) -> int:
+    """Put a resumed run's ``name`` module and optimiser back and say so; the step reached (0: a fresh run)."""
+    if ck is None:
+        return 0
+    ck.restore_module(name, module)
+    ck.restore_optimizer(name, optimizer)
+    say(f"resumed from {ck.path} at {unit} {ck.step}")
+    return ck.step
 
 
 def _flatten_optimizer(name: str, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -438,23 +452,40 @@ def open_run(
     return ck
 
 
-def run_distributed(
-    body: Callable[..., Any], output: Path, run_dir: Path | None, device: str | torch.device,
-    progress: Callable[..., Any] | None, log: Callable[[str], Any] | None, batch_size: int,
-) -> Any:
+class RunOptions(TypedDict, total=False):
+    """The run control every trainer takes as keyword arguments, the same for all of them.
+
+    ``run_dir``: checkpoints, metrics.jsonl and config (default: the output's name + ``_run``);
+    ``resume``: a checkpoint file, or a run directory whose newest checkpoint to continue from;
+    ``device``: where to train (default "cpu"); ``progress``: called after each step and ``log``:
+    called with one line for the user, both on rank 0 only.
+    """
+
+    run_dir: Path | None
+    resume: Path | None
+    device: str | torch.device
+    progress: Callable[..., Any] | None
+    log: LogFn | None
+
+
+def run_distributed(body: Callable[..., Any], output: Path, batch_size: int, run: RunOptions) -> Any:
     """Set up the process group (if under torchrun), call ``body``, and always tear it down.
 
-    ``body`` receives ``output, run_dir, d, dev, local_batch, progress, say``; only rank 0 reports
-    progress and log lines.
+    ``body`` receives ``output, run_dir, resume, d, dev, local_batch, progress, say``; only rank 0
+    reports progress and log lines. ``run`` is what the trainer was given as ``**run`` keywords.
     """
+    unknown = sorted(set(run) - set(RunOptions.__annotations__))
+    if unknown:  # what a plain keyword-only signature would say for a misspelt option
+        raise TypeError(f"unexpected keyword argument {unknown[0]!r}; the run options are {', '.join(RunOptions.__annotations__)}")
     output = Path(output)
-    run_dir = Path(run_dir) if run_dir else output.with_name(output.stem + "_run")
-    d, dev = init_distributed(torch.device(device))
+    run_dir = Path(run["run_dir"]) if run.get("run_dir") else output.with_name(output.stem + "_run")
+    d, dev = init_distributed(torch.device(run.get("device") or "cpu"))
+    log, progress = run.get("log"), run.get("progress")
     say = log if (log and d.is_main) else (lambda _m: None)
     try:
         if batch_size % d.world_size:
             raise UsageError(f"--batch-size {batch_size} is not divisible by the {d.world_size} processes")
-        return body(output, run_dir, d, dev, batch_size // d.world_size, progress if d.is_main else None, say)
+        return body(output, run_dir, run.get("resume"), d, dev, batch_size // d.world_size, progress if d.is_main else None, say)
     finally:
         shutdown_distributed(d)
 
@@ -508,13 +539,12 @@ def save_trained_weights(state: Mapping[str, torch.Tensor], path: Path, *, famil
 
 # ---- data ---------------------------------------------------------------------------------------
 def read_rgb(path: Path):
-    from PIL import Image, ImageOps
+    """An upright 8-bit RGB PIL image, read as ``lle enhance`` reads photos (every format it takes)."""
+    from PIL import Image
 
-    try:
-        with Image.open(path) as im:
-            return ImageOps.exif_transpose(im).convert("RGB")
-    except OSError as e:
-        raise InputError(f"{path}: cannot read training image ({e}); remove or replace the file") from e
+    from ..imageio import read_rgb8
+
+    return Image.fromarray(read_rgb8(path))
 
 
 def load_images_resized(paths: Sequence[Path], size: int) -> torch.Tensor:

@@ -29,7 +29,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,29 +37,19 @@ from torch import nn
 
 from ..atomic import write_text_atomic
 from ..errors import InputError, UsageError
+from ..formats import list_image_files
 from ..models.llflow import LLFlow, LLFlowConfig
 from ..flows.layers import squeeze2d
 from ..models.llflow.model import negative_log_likelihood
 from ..models.llflow.preprocess import equalize_hist, log_image
 from .common import (
-    Dist,
-    LogFn,
-    MetricsLog,
-    TrainResult,
-    all_reduce_mean,
-    barrier,
-    batch_indices,
-    checkpoint_path,
-    jsonable,
-    open_run,
-    prune_checkpoints,
-    read_rgb,
-    run_distributed,
-    save_checkpoint,
-    save_trained_weights,
-    step_generator,
-    wrap_ddp,
+    Dist, MetricsLog, RunOptions, TrainResult, all_reduce_mean, barrier, batch_indices, checkpoint_path,
+    jsonable, open_run, prune_checkpoints, read_rgb, resume_training, run_distributed, save_checkpoint, save_trained_weights,
+    step_generator, wrap_ddp,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
     "PRESETS",
@@ -173,9 +163,7 @@ class Pair:
 
 
 def _image_files(folder: Path) -> dict[str, Path]:
-    from ..clip import IMAGE_SUFFIXES
-
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
+    return {p.stem: p for p in list_image_files(folder, recursive=False)}
 
 
 def find_pairs(data: Path) -> list[tuple[Path, Path]]:
@@ -411,27 +399,22 @@ def train_llflow(
     cfg: LLFlowTrainConfig | None = None,
     *,
     val_data: Path | None = None,
-    run_dir: Path | None = None,
-    resume: Path | None = None,
     init_weights: Path | None = None,
-    device: str | torch.device = "cpu",
-    progress=None,
-    log: LogFn | None = None,
+    **run: Unpack[RunOptions],
 ) -> TrainResult:
     """Train LLFlow on the pairs of ``data``; write the final weights (safetensors) to ``output``.
 
-    ``progress(step, total, nll, it_per_s)`` is called after every step (rank 0 only).
     ``init_weights``: start from these LLFlow weights instead of a fresh initialisation.
+    ``run``: ``run_dir``, ``resume``, ``device``, ``log`` and ``progress(step, total, nll, it_per_s)``,
+    called after every step (rank 0 only) (``RunOptions``).
     """
     cfg = cfg or LLFlowTrainConfig()
     _check(cfg)
     arch = architecture(cfg.model, cfg.coupling)
-    return run_distributed(
-        lambda *a: _train(Path(data), val_data, init_weights, cfg, arch, resume, *a), output, run_dir, device, progress, log, cfg.batch_size
-    )
+    return run_distributed(lambda *a: _train(Path(data), val_data, init_weights, cfg, arch, *a), output, cfg.batch_size, run)
 
 
-def _train(data, val_data, init_weights, cfg, arch, resume, output, run_dir, d: Dist, dev, local_batch, progress, say) -> TrainResult:
+def _train(data, val_data, init_weights, cfg, arch, output, run_dir, resume, d: Dist, dev, local_batch, progress, say) -> TrainResult:
     if cfg.precision == "bf16" and dev.type != "cuda":
         raise UsageError("--precision bf16 needs a CUDA device; the CPU trains in fp32")
     cfg_json = jsonable(asdict(cfg))
@@ -453,13 +436,8 @@ def _train(data, val_data, init_weights, cfg, arch, resume, output, run_dir, d: 
         load_state_strict(model, load_upstream_checkpoint(Path(init_weights)), source=str(init_weights))
     model.to(dev).train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=0.0)
-    start = 0
-    if ck is not None:
-        ck.restore_module("llflow", model)
-        ck.restore_optimizer("llflow", opt)
-        start = ck.step
-        say(f"resumed from {ck.path} at iteration {start}")
-    elif init_weights is None:
+    start = resume_training(ck, "llflow", model, opt, say, unit="iteration")
+    if ck is None and init_weights is None:
         # upstream's first iteration: every ActNorm normalises its input on the first batch
         lq, gt = make_batch(pairs, batch_indices(len(pairs), 1, local_batch, cfg.seed, d), step_generator(cfg.seed, 1, d.rank), cfg.patch, cfg.flip)
         model.initialize_actnorms(None, gt.to(dev), lq=lq.to(dev))

@@ -22,6 +22,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -31,28 +32,15 @@ from ..losses_clip import identity_loss, residual_loss
 from ..models.illumination_unet import IlluminationUNet, IlluminationUNetConfig
 from ..residual import ResidualVector, residual_from_folders, save_residual
 from .common import (
-    Dist,
-    LogFn,
-    MetricsLog,
-    ProgressFn,
-    TrainResult,
-    all_reduce_mean,
-    augment_batch,
-    barrier,
-    batch_indices,
-    checkpoint_path,
-    jsonable,
-    load_images_resized,
-    open_run,
-    prune_checkpoints,
-    run_distributed,
-    save_checkpoint,
-    save_trained_weights,
-    step_generator,
-    wrap_ddp,
+    Dist, MetricsLog, RunOptions, TrainResult, all_reduce_mean, augment_batch, barrier, batch_indices,
+    checkpoint_path, jsonable, load_images_resized, open_run, prune_checkpoints, resume_training, run_distributed,
+    save_checkpoint, save_trained_weights, step_generator, wrap_ddp,
 )
 
-__all__ = ["RaveLossWeights", "RaveTrainConfig", "TrainResult", "train_rave", "TrainingEnhancer", "new_unet"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = ["GuidedUNetTrainConfig", "RaveLossWeights", "RaveTrainConfig", "TrainResult", "train_rave", "TrainingEnhancer", "new_unet"]
 
 # settings that may change between a run and its resumption
 RESUMABLE = frozenset({"steps", "checkpoint_every", "keep_checkpoints", "log_every", "embed_batch_size"})
@@ -69,17 +57,15 @@ class RaveLossWeights:
 
 
 @dataclass(frozen=True)
-class RaveTrainConfig:
-    """Hyper-parameters; the defaults are the paper's (supplement section 1)."""
+class GuidedUNetTrainConfig:
+    """What the two CLIP-guided UNet trainers (RAVE, CLIP-LIT-Latent) share, with the papers' common
+    defaults (both supplements train the same UNet at the same resolution and learning rate)."""
 
-    steps: int = 10_000
-    warmup_steps: int = 1_000
     batch_size: int = 8
     size: int = 512
     lr: float = 2e-5
     betas: tuple[float, float] = (0.9, 0.99)
     weight_decay: float = 1e-3
-    shift_tokens: int = 0
     paired: bool = False
     augment: bool = True
     outer_padding: str = "zeros"
@@ -88,9 +74,18 @@ class RaveTrainConfig:
     keep_checkpoints: int = 3
     log_every: int = 20
     embed_batch_size: int = 32
-    losses: RaveLossWeights = field(default_factory=RaveLossWeights)
     clip: ClipSpec = field(default_factory=ClipSpec)
     identity_clip: ClipSpec = field(default_factory=lambda: ClipSpec(model="RN101", pretrained="openai"))
+
+
+@dataclass(frozen=True)
+class RaveTrainConfig(GuidedUNetTrainConfig):
+    """Hyper-parameters; the defaults are the paper's (supplement section 1)."""
+
+    steps: int = 10_000
+    warmup_steps: int = 1_000
+    shift_tokens: int = 0
+    losses: RaveLossWeights = field(default_factory=RaveLossWeights)
 
 
 # ---- pieces shared with CLIP-LIT-Latent ---------------------------------------------------------
@@ -160,27 +155,19 @@ def check_pairs(backlit: list[Path], welllit: list[Path]) -> None:
 
 # ---- the trainer --------------------------------------------------------------------------------
 def train_rave(
-    backlit: Path,
-    welllit: Path,
-    output: Path,
-    cfg: RaveTrainConfig | None = None,
-    *,
-    run_dir: Path | None = None,
-    resume: Path | None = None,
-    device: str | torch.device = "cpu",
-    progress: ProgressFn | None = None,
-    log: LogFn | None = None,
+    backlit: Path, welllit: Path, output: Path, cfg: RaveTrainConfig | None = None, **run: Unpack[RunOptions]
 ) -> TrainResult:
-    """Train a RAVE UNet on ``backlit`` images guided by ``welllit`` ones; write safetensors to ``output``."""
+    """Train a RAVE UNet on ``backlit`` images guided by ``welllit`` ones; write safetensors to ``output``.
+
+    ``run``: ``run_dir``, ``resume``, ``device``, ``progress(step, total, loss)``, ``log`` (``RunOptions``).
+    """
     cfg = cfg or RaveTrainConfig()
     if cfg.batch_size < 1 or cfg.steps < 1 or cfg.size < 16:
         raise UsageError("--steps and --batch-size must be positive and --size at least 16")
-    return run_distributed(
-        lambda *a: _train(Path(backlit), Path(welllit), cfg, resume, *a), output, run_dir, device, progress, log, cfg.batch_size
-    )
+    return run_distributed(lambda *a: _train(Path(backlit), Path(welllit), cfg, *a), output, cfg.batch_size, run)
 
 
-def _train(backlit, welllit, cfg, resume, output, run_dir, d, dev, local_batch, progress, say) -> TrainResult:
+def _train(backlit, welllit, cfg, output, run_dir, resume, d, dev, local_batch, progress, say) -> TrainResult:
     back_files = list_images(backlit)
     well_files = list_images(welllit)
     if cfg.paired:
@@ -207,12 +194,7 @@ def _train(backlit, welllit, cfg, resume, output, run_dir, d, dev, local_batch, 
     images = load_images_resized(back_files, cfg.size)
     unet = new_unet(cfg.outer_padding, cfg.seed).to(dev)
     opt = torch.optim.Adam(unet.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    start = 0
-    if ck is not None:
-        ck.restore_module("unet", unet)
-        ck.restore_optimizer("unet", opt)
-        start = ck.step
-        say(f"resumed from {ck.path} at step {start}")
+    start = resume_training(ck, "unet", unet, opt, say)
     model = wrap_ddp(TrainingEnhancer(unet), d, dev)
     model.train()
     metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=d.is_main, resume_step=start if ck else None)

@@ -29,6 +29,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -49,24 +50,14 @@ from ..losses_scl import (
 from ..models.zero_dce import ZeroDCE, ZeroDCEConfig
 from ..weights import clean_state_dict, load_safetensors, sha256_file
 from .common import (
-    LogFn,
-    MetricsLog,
-    ProgressFn,
-    all_reduce_mean,
-    barrier,
-    batch_indices,
-    checkpoint_path,
-    jsonable,
-    open_run,
-    prune_checkpoints,
-    read_rgb,
-    run_distributed,
-    save_checkpoint,
-    save_trained_weights,
-    step_generator,
+    MetricsLog, RunOptions, all_reduce_mean, barrier, batch_indices, checkpoint_path, jsonable, open_run,
+    prune_checkpoints, read_rgb, resume_training, run_distributed, save_checkpoint, save_trained_weights, step_generator,
     wrap_ddp,
 )
 from .rave import RESUMABLE, TrainResult
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
     "VggSpec",
@@ -364,25 +355,23 @@ def train_scl_lle(
     cfg: SclTrainConfig | None = None,
     *,
     labels: Path | None = None,
-    run_dir: Path | None = None,
-    resume: Path | None = None,
-    device: str | torch.device = "cpu",
-    progress: ProgressFn | None = None,
-    log: LogFn | None = None,
+    **run: Unpack[RunOptions],
 ) -> TrainResult:
-    """Train the curve network on low-light ``images`` (with optional Cityscapes ``labels``)."""
+    """Train the curve network on low-light ``images`` (with optional Cityscapes ``labels``).
+
+    ``run``: ``run_dir``, ``resume``, ``device``, ``progress(step, total, loss)``, ``log`` (``RunOptions``).
+    """
     cfg = cfg or SclTrainConfig()
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.crop < 16:
         raise UsageError("--steps and --batch-size must be positive and --crop at least 16")
     if cfg.label_format not in ("auto", "labelIds", "trainIds"):
         raise UsageError(f"--label-format {cfg.label_format!r}: expected auto, labelIds or trainIds")
     return run_distributed(
-        lambda *a: _train(Path(images), Path(positives), Path(negatives), labels, cfg, resume, *a),
-        output, run_dir, device, progress, log, cfg.batch_size,
+        lambda *a: _train(Path(images), Path(positives), Path(negatives), labels, cfg, *a), output, cfg.batch_size, run
     )
 
 
-def _train(images, positives, negatives, labels, cfg, resume, output, run_dir, d, dev, local_batch, progress, say) -> TrainResult:
+def _train(images, positives, negatives, labels, cfg, output, run_dir, resume, d, dev, local_batch, progress, say) -> TrainResult:
     files = list_images(images)
     pos_files, neg_files = list_images(positives), list_images(negatives)
     label_files = match_labels(files, Path(labels)) if labels is not None else None
@@ -403,12 +392,7 @@ def _train(images, positives, negatives, labels, cfg, resume, output, run_dir, d
                 nn.init.normal_(m.weight, 0.0, 0.02)
     net.to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start = 0
-    if ck is not None:
-        ck.restore_module("net", net)
-        ck.restore_optimizer("net", opt)
-        start = ck.step
-        say(f"resumed from {ck.path} at step {start}")
+    start = resume_training(ck, "net", net, opt, say)
     model = wrap_ddp(_CurvesAll(net), d, dev)
     model.train()
     metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=d.is_main, resume_step=start if ck else None)

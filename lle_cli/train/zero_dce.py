@@ -19,14 +19,13 @@ import torch
 from PIL import Image
 
 from ..errors import InputError
+from ..formats import list_image_files
+from ..imageio import read_rgb8
 from ..losses import ZeroReferenceWeights, zero_reference_loss
 from ..models.zero_dce import ZeroDCE, ZeroDCEConfig
 from ..weights import save_safetensors
 
 __all__ = ["ZeroDCETrainConfig", "TrainResult", "train_zero_dce", "load_training_images"]
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-
 
 @dataclass(frozen=True)
 class ZeroDCETrainConfig:
@@ -54,17 +53,17 @@ class TrainResult:
 
 
 def load_training_images(folder: Path, size: int) -> torch.Tensor:
-    """Every image under ``folder`` as RGB float in [0, 1], resized to ``size`` x ``size``."""
-    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    """Every image under ``folder`` as RGB float in [0, 1], resized to ``size`` x ``size``.
+
+    Listed and read as ``lle enhance`` lists and reads photos (``lle_cli.formats``, ``read_rgb8``):
+    every format it takes, upright by the EXIF orientation.
+    """
+    files = list_image_files(folder)
     if not files:
         raise InputError(f"{folder}: no training images found (expected .jpg/.png/... files)")
     out = torch.empty(len(files), 3, size, size)
     for i, p in enumerate(files):
-        try:
-            with Image.open(p) as im:
-                im = im.convert("RGB").resize((size, size), Image.Resampling.LANCZOS)
-        except OSError as e:
-            raise InputError(f"{p}: cannot read training image ({e}); remove or replace the file") from e
+        im = Image.fromarray(read_rgb8(p)).resize((size, size), Image.Resampling.LANCZOS)
         out[i] = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1)
     return out
 
