@@ -285,6 +285,11 @@ _LAZY: dict[str, str] = {
     # run records
     "new_run": "record", "write_job_records": "record", "write_run": "record", "add_output": "record",
     "finish_run": "record",
+    # past one process: shards (job arrays), a local process pool, a Ray cluster
+    "parse_shard": "shard", "SHARD_RECORD": "shard", "plan_shard": "runs", "write_shard_records": "runs",
+    "outcome_of_job": "runs", "InputOutcome": "runs", "outcome_of_sample": "runs", "merge_shards": "runs",
+    "ParallelSpec": "workers", "run_parallel": "workers", "check_parallel": "workers",
+    "run_batch_parallel": "workers", "run_samples_parallel": "workers",
     # sampling a flow
     "OWN_OUTPUT_STEM": "sampling", "SampleOptions": "sampling", "check_sample_options": "sampling:check_options",
     "ensure_flow_model": "sampling", "normalise_format": "sampling", "run_sample_job": "sampling",

@@ -19,6 +19,7 @@ __all__ = [
     "OutputError",
     "NonFiniteError",
     "DeviceError",
+    "RecordError",
 ]
 
 
@@ -52,6 +53,10 @@ class UsageError(LLEError):
 
 class ModelNotFoundError(UsageError):
     """Unknown model name; the message lists close matches."""
+
+
+class RecordError(LLEError):
+    """Run records that cannot be joined: a shard missing or interrupted, or records of different batches."""
 
 
 class DeviceError(UsageError):

@@ -142,16 +142,16 @@ def _load(path: Path) -> list[dict[str, Any]] | None:
     return [r for r in data["runs"] if isinstance(r, dict)]
 
 
-def write_run(directory: str | os.PathLike, run: dict[str, Any]) -> Path:
+def write_run(directory: str | os.PathLike, run: dict[str, Any], *, name: str = RECORD_NAME) -> Path:
     """Append ``run`` to ``directory/lle-run.json`` (atomically); returns the file written.
 
     A file of that name that is not an lle record is left alone: the run goes to
-    ``lle-run.<id>.json`` instead.
+    ``lle-run.<id>.json`` instead. ``name``: another record file (a shard's ``lle-run.K-of-N.json``).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     run = {k: v for k, v in run.items() if not k.startswith("_")}
-    path = directory / RECORD_NAME
+    path = directory / name
     runs: list[dict[str, Any]] = []
     if path.exists():
         existing = _load(path)

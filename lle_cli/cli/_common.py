@@ -53,6 +53,19 @@ DeviceOpt = Annotated[str, typer.Option("--device", "-d", help="auto, cpu, cuda,
 PrecisionOpt = Annotated[str, typer.Option("--precision", "-p", help="auto (fp32 on CPU, fp16 on GPU), fp32, fp16 or bf16.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary on stderr.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object per result on stdout.")]
+# past one process (lle_cli.shard, lle_cli.workers, lle_cli.ray_backend); lle enhance and lle sample
+ShardOpt = Annotated[
+    Optional[str], typer.Option("--shard", help="K/N: run only part K of N of the inputs (job arrays: SLURM, Kubernetes); each part writes lle-run.K-of-N.json; join them with `lle runs merge`.")
+]
+WorkersOpt = Annotated[
+    Optional[int], typer.Option("--workers", help="Processes (or Ray actors) each with its own copy of the model. Default: one process.")
+]
+ThreadsOpt = Annotated[
+    Optional[int], typer.Option("--threads-per-worker", help="Torch threads per worker. Default: the cores shared out among the workers.")
+]
+RayOpt = Annotated[
+    Optional[str], typer.Option("--ray", help="Run on Ray actors (the ray extra): local (a private cluster for this run), auto (the cluster `ray start` made here, or RAY_ADDRESS) or an address.")
+]
 
 
 def show_progress(quiet: bool, json_out: bool) -> bool:

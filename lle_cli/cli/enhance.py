@@ -13,8 +13,8 @@ from .. import api
 from ..api import STDIO, OutputOptions, VideoOptions, is_video_path, keep_freed_memory, ood_warner, plan_jobs, run_batch
 from ..errors import UsageError
 from ._common import (
-    DeviceOpt, JsonOpt, ModelOpt, OfflineOpt, PrecisionOpt, QuietOpt, WeightsOpt, download_progress, err_console, error,
-    label_column, note, say, show_progress, warning,
+    DeviceOpt, JsonOpt, ModelOpt, OfflineOpt, PrecisionOpt, QuietOpt, RayOpt, ShardOpt, ThreadsOpt, WeightsOpt, WorkersOpt,
+    download_progress, err_console, error, label_column, note, say, show_progress, warning,
 )
 
 
@@ -57,8 +57,14 @@ def enhance(
     ood_stats: Annotated[
         Optional[Path], typer.Option("--ood-stats", help="LLFlow: warn about inputs above these `lle score-ood fit` statistics' threshold (default: the model's shipped ones).")
     ] = None,
+    shard: ShardOpt = None,
+    workers: WorkersOpt = None,
+    threads_per_worker: ThreadsOpt = None,
+    ray: RayOpt = None,
 ) -> int:
     """Enhance low-light or backlit photos and videos. Exit code 0: all written, 1: some failed, 2: usage error (or a missing optional package)."""
+    part = api.parse_shard(shard)  # a bad K/N fails before anything is read
+    parallel = api.check_parallel(workers, threads_per_worker, ray)
     if bit_depth not in (None, 8, 16):
         raise UsageError("--bit-depth must be 8 or 16")
     if tile != "auto" and not tile.isdigit():
@@ -74,6 +80,16 @@ def enhance(
                          video=VideoOptions(smoothing=smoothing, codec=video_codec, crf=crf))
     notes: list[str] = []
     jobs, opts = plan_jobs(inputs, output, opts, recursive=recursive, notes=notes)
+    whole = jobs
+    split = None
+    if part is not None:
+        if any(j.input == STDIO or j.output == STDIO for j in jobs):
+            raise UsageError("--shard splits files and folders; stdin and stdout (-) take one image")
+        # every shard plans the whole batch, then keeps its part (lle_cli.shard)
+        split = api.plan_shard([(j.input, Path(j.output).parent if j.output else None) for j in jobs], inputs, part)
+        jobs = split.take(jobs)
+        if not quiet and not json_out:
+            note(f"shard {part.index}/{part.count}: {len(jobs)} of {len(whole)} inputs")
     for line in notes:
         if not quiet:
             note(line)
@@ -82,7 +98,7 @@ def enhance(
         raise UsageError("--json and -o - both want stdout; write the image to a file with -o FILE")
     if to_stdout and sys.stdout.isatty():
         raise UsageError("refusing to write image bytes to a terminal; redirect stdout or use -o FILE")
-    batch_mode = len(jobs) > 1 or any(i != STDIO and Path(i).is_dir() for i in inputs)
+    batch_mode = len(whole) > 1 or any(i != STDIO and Path(i).is_dir() for i in inputs)
     if record and to_stdout:
         raise UsageError("--record writes a file beside the outputs; it cannot go with -o - (stdout)")
     recording = (batch_mode if record is None else record) and not to_stdout
@@ -102,6 +118,8 @@ def enhance(
         "skip_existing": skip_existing, "recursive": recursive, "strength": strength, "raw": raw, "smoothing": smoothing,
         "video_codec": video_codec, "crf": crf,
     }) if recording else None
+    if run is not None and parallel is not None:  # how it ran, beside what it did (not an option a merge compares)
+        run["parallel"] = {"workers": parallel.workers, "threads_per_worker": parallel.threads, "ray": parallel.ray}
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn  # only once there is work
 
     progress = Progress(
@@ -121,8 +139,12 @@ def enhance(
     try:
         with progress:
             task = progress.add_task("enhancing", total=len(jobs))
-            for result in run_batch(loaded, jobs, opts, stdin=stdin_bytes, stdout=sys.stdout.buffer, digests=recording,
-                                    frame_progress=on_frame if show_progress(quiet, json_out) else None):
+            if parallel is not None:  # worker processes or Ray actors; results in the order they finish
+                source = api.run_batch_parallel(parallel, loaded, jobs, opts, digests=recording, tile=tile_px)
+            else:
+                source = run_batch(loaded, jobs, opts, stdin=stdin_bytes, stdout=sys.stdout.buffer, digests=recording,
+                                   frame_progress=on_frame if show_progress(quiet, json_out) else None)
+            for result in source:
                 results.append(result)
                 if result.input in frame_tasks:
                     progress.remove_task(frame_tasks.pop(result.input))
@@ -160,7 +182,14 @@ def enhance(
     finally:
         if not interrupted and not quiet and not json_out and len(jobs) > 1:
             say(f"{ok} enhanced, {skipped} skipped, {len(failures)} failed" if skipped else f"{ok} enhanced, {len(failures)} failed")
-        if run is not None:
+        if parallel is not None:  # the record lists them in the batch's order, as a local run's does
+            order = {j.input: i for i, j in enumerate(jobs)}
+            results.sort(key=lambda r: order.get(r.input, len(order)))
+        if run is not None and split is not None:
+            for path in api.write_shard_records(run, [api.outcome_of_job(r) for r in results], split, interrupted=interrupted):
+                if not quiet and not json_out:
+                    note(f"run record: {path}")
+        elif run is not None:
             for path in api.write_job_records(loaded, results, command="enhance", options={}, run=run, interrupted=interrupted):
                 if not quiet and not json_out:
                     note(f"run record: {path}")

@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("train", "app", "Train models."),
     "residual-tokens": ("residual_tokens", "residual_tokens", "Explain a RAVE residual with CLIP tokens."),
     "score-ood": ("score_ood", "app", "Flag inputs an LLFlow model has not seen (Mahalanobis OOD score)."),
+    "runs": ("runs", "app", "Work with run records: merge the records of a sharded batch."),
 }
 
 

@@ -35,7 +35,11 @@ from ._common import (
     JsonOpt,
     PrecisionOpt,
     QuietOpt,
+    RayOpt,
+    ShardOpt,
+    ThreadsOpt,
     WeightsOpt,
+    WorkersOpt,
     err_console,
     error,
     label_column,
@@ -104,6 +108,10 @@ def sample(
     ood_stats: Annotated[
         Optional[Path], typer.Option("--ood-stats", help="Warn about inputs above these `lle score-ood fit` statistics' threshold (default: the model's shipped ones).")
     ] = None,
+    shard: ShardOpt = None,
+    workers: WorkersOpt = None,
+    threads_per_worker: ThreadsOpt = None,
+    ray: RayOpt = None,
 ) -> int:
     """Draw diverse enhancements: z = g(x) + tau * eps + offset, decoded by the flow (LLFlow).
 
@@ -111,6 +119,8 @@ def sample(
 
     Exit code 0: all written or skipped, 1: an input failed or a sample was non-finite (never written), 2: usage error, 130: interrupted (a run record covers the inputs finished; --skip-existing resumes).
     """
+    part = api.parse_shard(shard)  # a bad K/N fails before anything is read
+    parallel = api.check_parallel(workers, threads_per_worker, ray)
     opts = SampleOptions(
         n=n, taus=_numbers(tau, "--tau"), offsets=_numbers(z_offset, "--z-offset"), seed=seed, mean=mean,
         sheet=sheet, resample_bad=resample_bad, max_tries=max_tries, max_out_of_range=max_out_of_range,
@@ -136,6 +146,16 @@ def sample(
         if path != STDIO and is_video_path(path):
             raise UsageError(f"{path}: is a video; lle sample draws samples of photos only. "
                              f"Enhance a video with: lle enhance {path}")
+    whole = jobs
+    split = None
+    if part is not None:
+        if any(p == STDIO for p, _ in jobs):
+            raise UsageError("--shard splits files and folders; stdin (-) is one image")
+        # every shard lists the whole batch, then keeps its part (lle_cli.shard)
+        split = api.plan_shard([(p, output if output is not None else Path(p).parent) for p, _ in jobs], inputs, part)
+        jobs = split.take(jobs)
+        if not quiet and not json_out:
+            note(f"shard {part.index}/{part.count}: {len(jobs)} of {len(whole)} inputs")
     stdin_bytes = sys.stdin.buffer.read() if any(p == STDIO for p, _ in jobs) else None
     ensure_flow_model(api.model_info(model))  # before any weights are loaded or fetched
     api.check_options(model, tile=tile_px, device=device, precision=precision)
@@ -147,20 +167,54 @@ def sample(
         label_column(), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=err_console, disable=not show_progress(quiet, json_out), transient=True,
     )
-    recording = record if record is not None else (output is not None or len(jobs) > 1)
+    recording = record if record is not None else (output is not None or len(whole) > 1)
     results = []
     failed = 0
     finished = 0  # inputs fully handled (written, skipped or failed): what an interrupt reports
     interrupted = False
+    outcomes = []  # a shard's record accounts for every input it was given
+
+    def failed_input(path: str, problem: str) -> None:
+        nonlocal failed
+        failed += 1
+        outcomes.append(api.InputOutcome(path, output if output is not None else Path(path).parent, "error", problem))
+        if json_out:
+            print(json.dumps({"input": path, "model": loaded.name, "status": "error", "error": problem}), flush=True)
+        else:
+            error(problem)
+
+    def done(path: str, result) -> None:
+        nonlocal failed
+        if result.status == "skipped":
+            outcomes.append(api.InputOutcome(path, output if output is not None else Path(path).parent, "skipped"))
+            if json_out:
+                print(json.dumps(result.to_dict()), flush=True)
+            elif not quiet:
+                note(f"{path}: skipped, its outputs all exist (--skip-existing)")
+            return
+        results.append((path, result))
+        if result.status != "ok":
+            failed += 1
+        _report(result, path, quiet=quiet, json_out=json_out, seeded=seed is not None)
+
     try:
         with progress:
-            for finished, (path, problem) in enumerate(jobs):
+            if parallel is not None:  # worker processes or Ray actors; inputs reported as they finish
+                for problem_path, problem in jobs:
+                    if problem:
+                        failed_input(problem_path, problem)
+                work = [p for p, problem in jobs if not problem]
+                task = progress.add_task("sampling", total=len(work))
+                for finished, (path, result) in enumerate(api.run_samples_parallel(
+                        parallel, loaded, work, str(output) if output is not None else None, opts, tile=tile_px)):
+                    message = warn_ood(path, None) if warn_ood and not quiet else None
+                    if message:
+                        warning(f"{message}")
+                    done(path, result)
+                    progress.update(task, advance=1, description=Path(path).name)
+            for finished, (path, problem) in enumerate(jobs if parallel is None else []):
                 if problem:
-                    failed += 1
-                    if json_out:
-                        print(json.dumps({"input": path, "model": loaded.name, "status": "error", "error": problem}), flush=True)
-                    else:
-                        error(problem)
+                    failed_input(path, problem)
                     continue
                 message = warn_ood(path, stdin_bytes) if warn_ood and not quiet else None
                 if message:
@@ -171,27 +225,23 @@ def sample(
                     progress=lambda done, total, task=task: progress.update(task, completed=done, total=total),
                 )
                 progress.remove_task(task)
-                if result.status == "skipped":
-                    if json_out:
-                        print(json.dumps(result.to_dict()), flush=True)
-                    elif not quiet:
-                        note(f"{path}: skipped, its outputs all exist (--skip-existing)")
-                    continue
-                results.append((path, result))
-                if result.status != "ok":
-                    failed += 1
-                _report(result, path, quiet=quiet, json_out=json_out, seeded=seed is not None)
+                done(path, result)
             finished = len(jobs)
     except KeyboardInterrupt:
         interrupted = True
     if interrupted:
         error(f"interrupted after {finished} of {len(jobs)} inputs; run the same command with --skip-existing to finish the rest")
-    if recording:
-        _write_records(loaded, results, stdin_bytes, options={
-            "n": n, "tau": list(opts.taus), "z_offset": list(opts.offsets), "mean": mean, "resample_bad": resample_bad,
-            "max_out_of_range": max_out_of_range, "precision": precision, "weights": str(weights) if weights else None,
-            "skip_existing": skip_existing, "tile": tile,
-        }, **({"interrupted": True, "inputs_finished": finished, "inputs_total": len(jobs)} if interrupted else {}))
+    record_options = {
+        "n": n, "tau": list(opts.taus), "z_offset": list(opts.offsets), "mean": mean, "resample_bad": resample_bad,
+        "max_out_of_range": max_out_of_range, "precision": precision, "weights": str(weights) if weights else None,
+        "skip_existing": skip_existing, "tile": tile,
+    }
+    if recording and split is not None:
+        base = api.new_run("sample", model=loaded, options=record_options)
+        outcomes += [api.outcome_of_sample(p, r, output if output is not None else Path(p).parent) for p, r in results]
+        api.write_shard_records(base, outcomes, split, interrupted=interrupted)
+    elif recording:
+        _write_records(loaded, results, stdin_bytes, options=record_options, **({"interrupted": True, "inputs_finished": finished, "inputs_total": len(jobs)} if interrupted else {}))
     if interrupted:
         raise typer.Exit(130)  # main() maps KeyboardInterrupt to 130 too, but would print a second line
     return 1 if failed else 0
