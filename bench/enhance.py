@@ -42,6 +42,7 @@ LOCAL_NAMES = {
     "scl-lle.official": "scl_lle.pth",
     "zero-dce.official": "zero_dce.pth",
     "zero-dce-pp.official": "zero_dce_pp.pth",
+    "pairlie.official": "pairlie.pth",
 }
 
 
