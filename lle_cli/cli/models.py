@@ -14,7 +14,7 @@ from .. import api
 from ..api import embedded_path, hub_cached_file, weights_location
 from ..errors import LLEError, UsageError
 from ._common import (
-    JsonOpt, OfflineOpt, QuietOpt, download_progress, err_console, error, show_progress, warning,
+    JsonOpt, OfflineOpt, QuietOpt, WeightsOpt, download_progress, err_console, error, show_progress, warning,
 )
 
 app = typer.Typer(help="List, download, verify, remove, import and export models.", no_args_is_help=True)
@@ -196,15 +196,28 @@ def import_(
     return 0
 
 
+EXPORT_FORMATS = ("safetensors", "onnx")
+
+
 @app.command("export")
 def export(
     name: Annotated[str, typer.Argument(help="Model name or alias.")],
-    directory: Annotated[Path, typer.Argument(help="Folder for the hub repo's files (one folder per hub repo).")],
+    directory: Annotated[Path, typer.Argument(help="Output folder (safetensors: one folder per hub repo).")],
+    format_: Annotated[str, typer.Option("--format", "-f", help="safetensors (the weights and the hub repo's model card) or onnx (the network as DIR/NAME.onnx with a DIR/NAME.onnx.json sidecar; the onnx extra).")] = "safetensors",
+    weights: WeightsOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace files in the folder that differ.")] = False,
     offline: OfflineOpt = False,
     quiet: QuietOpt = False,
 ) -> int:
-    """Write a model's safetensors and its hub repo's model card (README.md), ready to upload."""
+    """Write a model's safetensors and its hub repo's model card (README.md), ready to upload; or, with
+    --format onnx, its network as ONNX (opset 18, dynamic size, weights inside), checked against lle."""
+    fmt = format_.strip().lower()
+    if fmt not in EXPORT_FORMATS:
+        raise UsageError(f"--format {format_}: expected one of {', '.join(EXPORT_FORMATS)}")
+    if fmt == "onnx":
+        return _export_onnx(name, directory, weights, overwrite=overwrite, offline=offline, quiet=quiet)
+    if weights is not None:
+        raise UsageError("--weights applies to --format onnx only; a safetensors export publishes the manifest's own file")
     with download_progress(show_progress(quiet, False)) as on_bytes:
         r = api.export_model(name, directory, overwrite=overwrite, offline=offline, progress=on_bytes)
     hub = api.model_info(name).hub
@@ -213,4 +226,23 @@ def export(
     if not quiet and hub is not None:
         tag = f" && hf repos tag create {hub.repo_id} {hub.revision}" if hub.revision else ""
         err_console.print(f"upload with: hf upload {hub.repo_id} {directory} .{tag}", soft_wrap=True, highlight=False)
+    return 0
+
+
+def _export_onnx(name: str, directory: Path, weights: Path | None, *, overwrite: bool, offline: bool, quiet: bool) -> int:
+    from ..export import check_targets, export_onnx, require_onnx
+
+    require_onnx()  # before any weights are read or downloaded
+    entry = api.model_info(name)
+    check_targets(directory, entry.name, overwrite=overwrite)
+    with download_progress(show_progress(quiet, False)) as on_bytes:
+        model = api.load_model(entry.name, weights=weights, device="cpu", precision="fp32", offline=offline, progress=on_bytes, tile=0)
+    if not quiet:
+        err_console.print(f"exporting {entry.name} to ONNX and checking it in ONNX Runtime...", soft_wrap=True, highlight=False)
+    r = export_onnx(model, directory, overwrite=overwrite)
+    print(r.path)
+    print(r.sidecar)
+    if not quiet:
+        sample = f", a sample {r.sample_max_abs_diff:.2g}" if r.sample_max_abs_diff is not None else ""
+        err_console.print(f"max |diff| to lle's output: {r.max_abs_diff:.2g}{sample} ({r.seconds:.0f} s)", soft_wrap=True, highlight=False)
     return 0

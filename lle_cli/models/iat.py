@@ -374,10 +374,12 @@ SPEC = register_family(
         # its own strips (above) bound its memory instead. The local receptive radius is 11 px.
         tileable=False,
         tile_exact=False,
-        # whole-image part: the global branch's full- and half-resolution features, then the output:
-        # 100-116 B/px measured (peak RSS, 2-4 MP); the local branch's strips are the fixed part,
-        # ~960 B/px of a strip (~530 MiB with its halo rows at 3-4 MP)
-        activation_bytes=lambda c: 120.0,
+        # whole-image part (informative: a family that is never tiled is not planned): with both
+        # branches in strips, the output and its clamped copy, ~30 B/px; 100-116 B/px were measured
+        # (peak RSS, 2-4 MP) when the global branch ran whole. The strips are the fixed part, ~960 B/px
+        # of a strip. `lle enhance` of a 24 MP photo: 2,507 MiB whole process (bench/tiling.py; 4 GB
+        # before the global branch ran in strips).
+        activation_bytes=lambda c: 40.0,
         workspace_mb=lambda c: 1000.0 * STRIP_PIXELS / 2**20,
     ),
 )
