@@ -282,16 +282,19 @@ _LAZY: dict[str, str] = {
     "STDIO": "batch", "OutputOptions": "batch", "plan_jobs": "batch", "run_batch": "batch", "expand_inputs": "batch",
     "write_bytes_atomic": "atomic", "sha256_file": "weights", "keep_freed_memory": "_cpu",
     "VideoOptions": "video", "is_video_path": "video",
+    # output names (lle_cli.naming): how each command names what it writes, and recognises it
+    "ENHANCED_SUFFIX": "naming", "is_sample_output": "naming", "sample_folder": "naming", "heatmap_name": "naming",
+    "OWN_OUTPUT_STEM": "naming", "SHARD_RECORD": "naming", "SHARD_RECORD_GLOB": "naming",
     # run records
     "new_run": "record", "write_job_records": "record", "write_run": "record", "add_output": "record",
     "finish_run": "record",
     # past one process: shards (job arrays), a local process pool, a Ray cluster
-    "parse_shard": "shard", "SHARD_RECORD": "shard", "plan_shard": "runs", "write_shard_records": "runs",
+    "parse_shard": "shard", "plan_shard": "runs", "write_shard_records": "runs",
     "outcome_of_job": "runs", "InputOutcome": "runs", "outcome_of_sample": "runs", "merge_shards": "runs",
     "ParallelSpec": "workers", "run_parallel": "workers", "check_parallel": "workers",
     "run_batch_parallel": "workers", "run_samples_parallel": "workers",
     # sampling a flow
-    "OWN_OUTPUT_STEM": "sampling", "SampleOptions": "sampling", "check_sample_options": "sampling:check_options",
+    "SampleOptions": "sampling", "check_sample_options": "sampling:check_options",
     "ensure_flow_model": "sampling", "normalise_format": "sampling", "run_sample_job": "sampling",
     # evaluation and metrics
     "METRICS": "evaluate", "PROTOCOLS": "evaluate", "EvalReport": "evaluate", "Extras": "evaluate",

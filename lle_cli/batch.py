@@ -23,13 +23,13 @@ import numpy as np
 import torch
 
 from .errors import InputError, LLEError, OutputExistsError, UsageError
+from .formats import FORMATS
 from .imageio import (
     IMAGE_SUFFIXES,
     RAW_MODES,
     Picture,
     check_format_available,
     check_input_available,
-    default_output_format,
     encode_image,
     format_from_suffix,
     is_raw_path,
@@ -37,6 +37,7 @@ from .imageio import (
     read_image,
     write_bytes_atomic,
 )
+from .naming import ENHANCED_SUFFIX, STDIO, enhance_output, is_enhanced_output
 from .runner import LoadedModel
 from .video import (
     VIDEO_SUFFIXES,
@@ -54,14 +55,12 @@ __all__ = [
     "blend_linear", "ModelFrames", "run_video_job",
 ]
 
-STDIO = "-"
-_WRITABLE = {"PNG": ".png", "JPEG": ".jpg", "TIFF": ".tif", "WEBP": ".webp", "BMP": ".bmp", "HEIC": ".heic", "AVIF": ".avif"}
 FrameProgress = Callable[["Job", int, "int | None"], None]
 
 
 @dataclass(frozen=True)
 class OutputOptions:
-    suffix: str = "_enhanced"  # added to the stem when writing beside the input
+    suffix: str = ENHANCED_SUFFIX  # added to the stem when writing beside the input
     format: str | None = None  # None: same as the input (PNG for stdin, 16-bit TIFF for RAW); videos keep theirs
     quality: int = 95
     bit_depth: int | None = None  # None: keep the input's (8 or 16) where the format allows
@@ -129,10 +128,10 @@ def expand_inputs(
     """Files, directories (their images; with ``recursive`` also their sub-folders') and globs, as
     ``(path, error)`` pairs.
 
-    A directory's files that already end with ``skip_suffix`` are our own earlier outputs and are
-    skipped, so running twice over a folder does not enhance the results again. Sub-folders holding
-    images that were not searched (no ``recursive``) are reported in ``notes``, so that nothing is
-    left out without a word. ``videos``: a directory's videos are inputs too (``lle enhance``).
+    A directory's files whose stem ends with ``skip_suffix`` are our own earlier outputs
+    (``naming.is_enhanced_output``) and are skipped, so running twice over a folder does not
+    enhance the results again. Sub-folders holding images that were not searched (no
+    ``recursive``) are reported in ``notes``, so that nothing is left out without a word. ``videos``: a directory's videos are inputs too (``lle enhance``).
     """
     out: list[tuple[str, str | None]] = []
     for item in inputs:
@@ -143,7 +142,7 @@ def expand_inputs(
         if p.is_dir():
             files, left_out = _folder_images(p, recursive, videos)
             if skip_suffix:
-                files = [f for f in files if not f.stem.endswith(skip_suffix)]
+                files = [f for f in files if not is_enhanced_output(f, skip_suffix)]
             if left_out and notes is not None:
                 names = ", ".join(d.name for d in left_out[:3]) + (", ..." if len(left_out) > 3 else "")
                 notes.append(f"{item}: {len(left_out)} sub-folder(s) with images not searched ({names}); pass --recursive to include them")
@@ -161,24 +160,13 @@ def expand_inputs(
     return out
 
 
-def _output_suffix(input_path: str, opts: OutputOptions) -> str:
-    if input_path != STDIO and is_video_path(input_path):
-        return Path(input_path).suffix  # a video keeps its container; --format is for photos
-    if opts.format:
-        return _WRITABLE[opts.format]
-    if input_path == STDIO:
-        return ".png"
-    fmt = default_output_format(input_path)
-    return Path(input_path).suffix if format_from_suffix(input_path) == fmt else _WRITABLE[fmt]
-
-
 def _normalise_format(opts: OutputOptions) -> OutputOptions:
     if opts.format is None:
         return opts
     try:
         fmt = normalise_format(opts.format)
     except UsageError:
-        raise UsageError(f"--format {opts.format!r}: expected one of {', '.join(f.lower() for f in _WRITABLE)}") from None
+        raise UsageError(f"--format {opts.format!r}: expected one of {', '.join(f.lower() for f in FORMATS)}") from None
     return dataclasses.replace(opts, format=fmt)
 
 
@@ -214,13 +202,9 @@ def output_is_complete(path: str) -> bool:
     return True
 
 
-def _relative_under(path: str, roots: list[Path]) -> Path | None:
-    for root in roots:
-        try:
-            return Path(path).relative_to(root)
-        except ValueError:
-            continue
-    return None
+def _root_of(path: str, roots: list[Path]) -> Path | None:
+    """The first input folder holding ``path``: the part of its path that ``-o DIR`` does not mirror."""
+    return next((root for root in roots if Path(path).is_relative_to(root)), None)
 
 
 def plan_jobs(
@@ -282,10 +266,7 @@ def plan_jobs(
         if output == STDIO or (output is None and path == STDIO):
             target = STDIO
         elif to_dir is not None:
-            stem = "stdin" if path == STDIO else Path(path).stem
-            rel = _relative_under(path, roots) if roots else None
-            sub = rel.parent if rel is not None else Path()
-            target = str(to_dir / sub / f"{stem}{_output_suffix(path, opts)}")
+            target = str(enhance_output(path, out_dir=to_dir, root=_root_of(path, roots), fmt=opts.format))
         elif output is not None:
             target = output
         elif opts.in_place:
@@ -295,8 +276,7 @@ def plan_jobs(
                 continue
             target = path
         else:
-            p = Path(path)
-            target = str(p.with_name(f"{p.stem}{opts.suffix}{_output_suffix(path, opts)}"))
+            target = str(enhance_output(path, suffix=opts.suffix, fmt=opts.format))
         key = os.path.abspath(target) if target != STDIO else STDIO
         if key in seen and target != STDIO:
             jobs.append(Job(path, None, f"{path}: its output {target} would also be written for {seen[key]}; use -o DIR with distinct names"))

@@ -24,6 +24,7 @@ import torch
 
 from . import __version__, cache
 from .atomic import write_text_atomic
+from .naming import RECORD_GLOB, RECORD_NAME, record_name
 from .runner import LoadedModel
 from .weights import sha256_file
 
@@ -44,7 +45,6 @@ __all__ = [
     "write_training_record",
 ]
 
-RECORD_NAME = "lle-run.json"
 SCHEMA = 1
 
 
@@ -156,7 +156,7 @@ def write_run(directory: str | os.PathLike, run: dict[str, Any], *, name: str = 
     if path.exists():
         existing = _load(path)
         if existing is None:
-            path = directory / f"lle-run.{run['id']}.json"
+            path = directory / record_name(run["id"])
         else:
             runs = existing
     runs.append(run)
@@ -167,7 +167,7 @@ def write_run(directory: str | os.PathLike, run: dict[str, Any], *, name: str = 
 def read_runs(directory: str | os.PathLike) -> list[dict[str, Any]]:
     """Every run recorded in a folder, oldest first."""
     directory = Path(directory)
-    files = [directory / RECORD_NAME] + sorted(directory.glob("lle-run.*.json"))
+    files = [directory / RECORD_NAME] + sorted(directory.glob(RECORD_GLOB))
     runs: list[dict[str, Any]] = []
     for f in files:
         if f.is_file():

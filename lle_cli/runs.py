@@ -20,8 +20,8 @@ from typing import Any
 
 from . import record
 from .errors import RecordError
+from .naming import parse_shard_record_name
 from .shard import (
-    SHARD_RECORD,
     Shard,
     input_roots,
     inputs_digest,
@@ -197,10 +197,10 @@ def merge_shards(directory: str | os.PathLike, *, keep: bool = False) -> MergeRe
     files: dict[int, Path] = {}
     counts: set[int] = set()
     for f in sorted(folder.iterdir()):
-        m = SHARD_RECORD.match(f.name)
-        if m and f.is_file():
-            files[int(m[1])] = f
-            counts.add(int(m[2]))
+        parts = parse_shard_record_name(f.name)
+        if parts and f.is_file():
+            files[parts[0]] = f
+            counts.add(parts[1])
     if not files:
         raise RecordError(f"{folder}: no shard records (lle-run.K-of-N.json) to merge")
     if len(counts) > 1:

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import secrets
 import tempfile
 import time
@@ -51,6 +50,7 @@ import torch
 from . import formats
 from .errors import LLEError, OutputExistsError, UsageError
 from .imageio import encode_image, read_image, write_bytes_atomic
+from .naming import input_stem, mean_name, sample_folder, sample_name, sheet_name
 from .registry import ModelEntry
 from .runner import LoadedModel
 from .tiling import TilePlan
@@ -71,10 +71,6 @@ __all__ = [
     "SampleOptions",
     "SampleJobResult",
     "check_options",
-    "format_number",
-    "OutputName",
-    "parse_output_name",
-    "OWN_OUTPUT_STEM",
     "output_names",
     "normalise_format",
     "run_sample_job",
@@ -824,73 +820,12 @@ def _fmt_off(o: float) -> str:
     return f"{o:+g}" if o != 0 else "0"
 
 
-def format_number(x: float) -> str:
-    """The shortest text that reads back (``float``) as exactly ``x``, made of ``0-9 . - e`` only.
-
-    ``1``, ``0.5``, ``-0.2``, ``1e-05``, ``1e16``: Python's shortest round-trip repr without the
-    ``.0`` of whole numbers and the ``+`` of exponents, which some tools treat specially in names.
-    """
-    x = float(x) + 0.0  # -0.0 and 0.0 are the same latent: one name
-    if not math.isfinite(x):
-        raise ValueError(f"{x} has no file-name form; tau and offset must be finite")
-    return repr(x).removesuffix(".0").replace("e+", "e")
-
-
-_NUMBER = r"-?\d+(?:\.\d+)?(?:e-?\d+)?"  # what format_number writes
-_SAMPLE_NAME = re.compile(
-    rf"^(?P<stem>.+)_(?:sample(?P<index>\d+)|mean)_tau(?P<tau>{_NUMBER})_off(?P<offset>{_NUMBER})(?P<suffix>\.[A-Za-z]\w*)?$"
-)
-# Stems of every file `lle sample` writes, today's names and the older ones whose tau/offset tags were
-# optional, so that sampling a folder again never takes earlier outputs for photos.
-OWN_OUTPUT_STEM = re.compile(r"_(?:sample\d+|mean)(?:_tau[^_]+)?(?:_off[^_]+)?$|_sheet(?:_tau[^_]+_off[^_]+)?$")
-_SHEET_TAG_MAX = 80  # characters per value list in a sheet's name; longer sweeps are named by their range
-
-
-@dataclass(frozen=True)
-class OutputName:
-    """What a sample's or mean's file name says: ``index`` is None for a mean."""
-
-    stem: str
-    index: int | None
-    tau: float
-    offset: float
-    suffix: str = ""
-
-
-def parse_output_name(name: str) -> OutputName | None:
-    """Read back ``<stem>_sample<j>_tau<t>_off<o>[.ext]`` or ``<stem>_mean_tau<t>_off<o>[.ext]``; None otherwise."""
-    m = _SAMPLE_NAME.match(name)
-    if m is None:
-        return None
-    index = int(m["index"]) if m["index"] is not None else None
-    return OutputName(m["stem"], index, float(m["tau"]), float(m["offset"]), m["suffix"] or "")
-
-
-def _pair_tag(tau: float, offset: float) -> str:
-    return f"_tau{format_number(tau)}_off{format_number(offset)}"
-
-
-def _list_tag(values: Sequence[float]) -> str:
-    text = ",".join(format_number(v) for v in values)
-    if len(text) <= _SHEET_TAG_MAX:
-        return text
-    return f"{format_number(min(values))}..{format_number(max(values))}"  # file names stop at 255 bytes
-
-
 def output_names(stem: str, suffix: str, opts: SampleOptions) -> tuple[list[str], dict[tuple[float, float], str], str | None]:
-    """File names (no directory) of every sample, of each group's mean (if asked), and of the sheet.
-
-    ``<stem>_sample<j>_tau<t>_off<o>``, ``<stem>_mean_tau<t>_off<o>`` and
-    ``<stem>_sheet_tau<t1,t2..>_off<o1,o2..>.png``, numbers as ``format_number`` writes them. Every
-    name carries its tau and offset, even when only one value of each is given, so runs with other
-    values into the same folder never collide; ``parse_output_name`` reads them back.
-    """
-    specs = sample_specs(opts.n, opts.taus, opts.offsets)
-    width = max(2, len(str(opts.n - 1)))
-    samples = [f"{stem}_sample{j:0{width}d}{_pair_tag(t, o)}{suffix}" for j, t, o in specs]
-    means = {(t, o): f"{stem}_mean{_pair_tag(t, o)}{suffix}" for t in opts.taus for o in opts.offsets} if opts.mean else {}
-    sheet = f"{stem}_sheet_tau{_list_tag(opts.taus)}_off{_list_tag(opts.offsets)}.png" if opts.sheet else None
-    return samples, means, sheet
+    """File names (no directory) of every sample, in drawing order, of each group's mean (if asked),
+    and of the sheet (if asked); ``lle_cli.naming`` spells each one and reads it back."""
+    samples = [sample_name(stem, j, t, o, suffix, n=opts.n) for j, t, o in sample_specs(opts.n, opts.taus, opts.offsets)]
+    means = {(t, o): mean_name(stem, t, o, suffix) for t in opts.taus for o in opts.offsets} if opts.mean else {}
+    return samples, means, sheet_name(stem, opts.taus, opts.offsets) if opts.sheet else None
 
 
 def _label(s: Sample) -> str:
@@ -961,10 +896,9 @@ def run_sample_job(
         fmt = normalise_format(opts.format) or (
             pic.format if input != "-" and pic.format in formats.BUILTIN_FORMATS else "PNG"
         )
-        stem = "stdin" if input == "-" else Path(input).stem
-        folder = Path(out_dir) if out_dir is not None else (Path.cwd() if input == "-" else Path(input).parent)
-        names, mean_names, sheet_name = output_names(stem, formats.default_suffix(fmt), opts)
-        planned = [folder / p for p in [*names, *mean_names.values(), *([sheet_name] if sheet_name else [])]]
+        folder = sample_folder(input, out_dir)
+        names, mean_names, sheet = output_names(input_stem(input), formats.default_suffix(fmt), opts)
+        planned = [folder / p for p in [*names, *mean_names.values(), *([sheet] if sheet else [])]]
         if opts.skip_existing and input != "-":  # piped bytes may be another image under the same name
             incomplete = next((p for p in planned if not _complete(p)), None)
             if incomplete is None:
@@ -1011,12 +945,12 @@ def run_sample_job(
                 write(path, m)
             res.means.append({"tau": t, "offset": o, "output": str(path) if m is not None else None,
                               "n": sum(s.finite for s in group)})
-        if sheet_name:
+        if sheet:
             grid = contact_sheet([_SampleRows(s) for s in drawn.samples], [_label(s) for s in drawn.samples],
                                  rows=_sheet_rows(drawn.samples), flagged=[s.bad for s in drawn.samples])
-            write_bytes_atomic(folder / sheet_name, _encode_png(grid), overwrite=opts.overwrite)
-            written.append(folder / sheet_name)
-            res.sheet = str(folder / sheet_name)
+            write_bytes_atomic(folder / sheet, _encode_png(grid), overwrite=opts.overwrite)
+            written.append(folder / sheet)
+            res.sheet = str(folder / sheet)
         res.status = "ok" if all(s.finite for s in drawn.samples) else "partial"
         if res.status == "partial":
             bad = sum(not s.finite for s in drawn.samples)

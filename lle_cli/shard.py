@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
+from .naming import shard_record_name
 
-__all__ = ["SHARD_RECORD", "Shard", "inputs_digest", "parse_shard", "select", "shard_key", "shard_number"]
+__all__ = ["Shard", "inputs_digest", "parse_shard", "select", "shard_key", "shard_number"]
 
-# lle-run.<K>-of-<N>.json; read_runs() reads it as any other lle-run.*.json
-SHARD_RECORD = re.compile(r"^lle-run\.(\d+)-of-(\d+)\.json$")
 _SPEC = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 
 
@@ -40,7 +39,8 @@ class Shard:
 
     @property
     def record_name(self) -> str:
-        return f"lle-run.{self.label}.json"
+        """``lle-run.K-of-N.json``; ``record.read_runs`` reads it as any other ``lle-run.*.json``."""
+        return shard_record_name(self.index, self.count)
 
     def fields(self, digest: str, total: int, assigned: int) -> dict[str, Any]:
         """What a shard's run record says about the split, so a merge can check that the set is whole."""

@@ -19,16 +19,14 @@ from lle_cli.cli.main import main
 from lle_cli.errors import UsageError
 from lle_cli.models import build_model, load_state_strict
 from lle_cli.models.llflow import LLFlow, LLFlowConfig
+from lle_cli.naming import OutputName, format_number, is_sample_output, parse_output_name
 from lle_cli.record import read_runs
 from lle_cli.registry import get_registry
 from lle_cli.runner import LoadedModel
 from lle_cli.sampling import (
-    OutputName,
     SampleOptions,
     contact_sheet,
-    format_number,
     output_names,
-    parse_output_name,
     run_sample_job,
     sample_array,
     sample_specs,
@@ -232,20 +230,20 @@ def test_output_names_parse_back_and_are_known_as_outputs() -> None:
     assert len(set(names)) == len(names)
     for name, (j, t, o) in zip(names, sample_specs(opts.n, taus, offsets), strict=True):
         assert parse_output_name(name) == OutputName(stem, j, t, o, ".tif")
-        assert re.fullmatch(r"[\w.,-]+", name) and sample_cmd._OWN_OUTPUT.search(Path(name).stem)
+        assert re.fullmatch(r"[\w.,-]+", name) and is_sample_output(name)
     for (t, o), name in means.items():
         assert parse_output_name(name) == OutputName(stem, None, t, o, ".tif")
-        assert sample_cmd._OWN_OUTPUT.search(Path(name).stem)
-    assert sample_cmd._OWN_OUTPUT.search(Path(sheet).stem) and parse_output_name(sheet) is None
+        assert is_sample_output(name)
+    assert is_sample_output(sheet) and parse_output_name(sheet) is None
     assert parse_output_name("p_sample3_tau1_off0") == OutputName("p", 3, 1.0, 0.0, "")
     # names of earlier versions are outputs too; photos are not
     for old in ("dark_sample00", "dark_sample00_tau0.5", "dark_sample01_off+0.2", "dark_mean", "dark_sheet"):
-        assert sample_cmd._OWN_OUTPUT.search(old), old
+        assert is_sample_output(old + ".png"), old
     for photo in ("dark", "beach_sampler", "meanwhile", "dark_sheets", "holiday_mean_2"):
-        assert not sample_cmd._OWN_OUTPUT.search(photo) and parse_output_name(photo + ".png") is None, photo
+        assert not is_sample_output(photo + ".png") and parse_output_name(photo + ".png") is None, photo
     # a long sweep still gives a sheet name well under the 255-byte limit of file systems
     _, _, sheet = output_names("p", ".png", SampleOptions(taus=(1.0,), offsets=tuple(i / 100 - 0.5 for i in range(101))))
-    assert len(sheet) < 120 and sample_cmd._OWN_OUTPUT.search(Path(sheet).stem)
+    assert len(sheet) < 120 and is_sample_output(sheet)
 
 
 @pytest.mark.parity

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -66,6 +69,68 @@ ThreadsOpt = Annotated[
 RayOpt = Annotated[
     Optional[str], typer.Option("--ray", help="Run on Ray actors (the ray extra): local (a private cluster for this run), auto (the cluster `ray start` made here, or RAY_ADDRESS) or an address.")
 ]
+
+
+OodStatsOpt = Annotated[
+    Optional[Path], typer.Option("--ood-stats", help="LLFlow models: warn about inputs above these `lle score-ood fit` statistics' threshold (default: the model's shipped ones).")
+]
+
+
+def with_options(*groups: Callable[..., object]):
+    """Give a command the options of ``groups``, each gathered into one argument.
+
+    A group is a function whose typed keyword parameters are options; the command receives what it
+    returns under the group's name. Typer builds a command's options from its signature, so the
+    wrapper's signature is the command's own parameters followed by every group's (which is also
+    where ``--help`` lists them).
+    """
+
+    def wrap(command: Callable[..., int]) -> Callable[..., int]:
+        sig = inspect.signature(command, eval_str=True)
+        grouped = {g.__name__: list(inspect.signature(g, eval_str=True).parameters.values()) for g in groups}
+        own = [p for p in sig.parameters.values() if p.name not in grouped]
+        params = own + [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for ps in grouped.values() for p in ps]
+
+        @functools.wraps(command)
+        def with_groups(**kwargs: Any) -> int:
+            for g in groups:
+                kwargs[g.__name__] = g(**{p.name: kwargs.pop(p.name) for p in grouped[g.__name__]})
+            return command(**kwargs)
+
+        with_groups.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        with_groups.__annotations__ = {p.name: p.annotation for p in params} | {"return": sig.return_annotation}
+        return with_groups
+
+    return wrap
+
+
+@dataclass(frozen=True)
+class BatchArgs:
+    """How a batch command (``lle enhance``, ``lle sample``) reports and spreads its work: the ``batch`` group."""
+
+    quiet: bool
+    json_out: bool
+    ood_stats: Optional[Path]
+    # typed loosely: the CLI reaches the library only through lle_cli.api, which loads these lazily
+    shard: Any  # --shard K/N as api.parse_shard gives it (a Shard), or None
+    parallel: Any  # --workers / --threads-per-worker / --ray as api.check_parallel gives them, or None: this process
+
+
+def batch(
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+    ood_stats: OodStatsOpt = None,
+    shard: ShardOpt = None,
+    workers: WorkersOpt = None,
+    threads_per_worker: ThreadsOpt = None,
+    ray: RayOpt = None,
+) -> BatchArgs:
+    """The ``batch`` option group. A bad ``--shard`` or ``--workers`` fails here, before the command
+    reads an input or loads a model."""
+    from .. import api
+
+    part = api.parse_shard(shard)
+    return BatchArgs(quiet, json_out, ood_stats, part, api.check_parallel(workers, threads_per_worker, ray))
 
 
 def show_progress(quiet: bool, json_out: bool) -> bool:

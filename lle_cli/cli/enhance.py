@@ -13,11 +13,12 @@ from .. import api
 from ..api import STDIO, OutputOptions, VideoOptions, is_video_path, keep_freed_memory, ood_warner, plan_jobs, run_batch
 from ..errors import UsageError
 from ._common import (
-    DeviceOpt, JsonOpt, ModelOpt, OfflineOpt, PrecisionOpt, QuietOpt, RayOpt, ShardOpt, ThreadsOpt, WeightsOpt, WorkersOpt,
-    download_progress, err_console, error, label_column, note, say, show_progress, warning,
+    BatchArgs, DeviceOpt, ModelOpt, OfflineOpt, PrecisionOpt, WeightsOpt, batch, download_progress, err_console, error,
+    label_column, note, say, show_progress, warning, with_options,
 )
 
 
+@with_options(batch)
 def enhance(
     inputs: Annotated[list[str], typer.Argument(help="Photos, videos, directories, globs, or - to read one image from stdin.", show_default=False)],
     output: Annotated[
@@ -43,28 +44,21 @@ def enhance(
     smoothing: Annotated[float, typer.Option("--smoothing", help="Videos: seconds over which the per-frame brightness gain is averaged against flicker; 0 turns it off.")] = 0.5,
     video_codec: Annotated[Optional[str], typer.Option("--video-codec", help="Videos: encoder (e.g. libx264, libx265); default: the input's codec where an encoder exists, else H.264.")] = None,
     crf: Annotated[int, typer.Option("--crf", min=0, max=51, help="Videos: x264/x265 constant quality, lower is better and larger.")] = 18,
-    suffix: Annotated[str, typer.Option("--suffix", help="Added to the file name when writing beside the input.")] = "_enhanced",
+    suffix: Annotated[str, typer.Option("--suffix", help="Added to the file name when writing beside the input.")] = api.ENHANCED_SUFFIX,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files (never an input: see --in-place).")] = False,
     in_place: Annotated[bool, typer.Option("--in-place", help="Replace each input with its enhanced image (atomically); without -o the output is the input itself.")] = False,
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose output already exists and reads back as an image (resume a batch).")] = False,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Also enhance the images in sub-folders of input folders (-o DIR keeps their relative paths).")] = False,
-    quiet: QuietOpt = False,
-    json_out: JsonOpt = False,
+    # each command says when it records by default, so --record is its own, not the group's
     record: Annotated[
         Optional[bool],
         typer.Option("--record/--no-record", help="Write a run record (lle-run.json) beside the outputs; default: on for directories and several inputs."),
     ] = None,
-    ood_stats: Annotated[
-        Optional[Path], typer.Option("--ood-stats", help="LLFlow: warn about inputs above these `lle score-ood fit` statistics' threshold (default: the model's shipped ones).")
-    ] = None,
-    shard: ShardOpt = None,
-    workers: WorkersOpt = None,
-    threads_per_worker: ThreadsOpt = None,
-    ray: RayOpt = None,
+    *,
+    batch: BatchArgs,
 ) -> int:
     """Enhance low-light or backlit photos and videos. Exit code 0: all written, 1: some failed, 2: usage error (or a missing optional package)."""
-    part = api.parse_shard(shard)  # a bad K/N fails before anything is read
-    parallel = api.check_parallel(workers, threads_per_worker, ray)
+    quiet, json_out, part, parallel = batch.quiet, batch.json_out, batch.shard, batch.parallel
     if bit_depth not in (None, 8, 16):
         raise UsageError("--bit-depth must be 8 or 16")
     if tile != "auto" and not tile.isdigit():
@@ -108,7 +102,7 @@ def enhance(
         loaded = api.load_model(model, weights=weights, device=device, precision=precision, offline=offline, progress=on_bytes, tile=tile_px)
     if not quiet and not json_out:
         note(f"model {loaded.name} ({loaded.weights_source}) on {loaded.device}")
-    warn_ood = ood_warner(loaded, ood_stats)  # LLFlow only; never changes the outputs
+    warn_ood = ood_warner(loaded, batch.ood_stats)  # LLFlow only; never changes the outputs
     failures: list[str] = []
     ok = 0
     results = []

@@ -29,7 +29,7 @@ def merge(
     folders = [folder]
     if recursive and folder.is_dir():
         # every folder of the tree holding shard records; each is merged on its own
-        folders = sorted({p.parent for p in folder.rglob("lle-run.*-of-*.json")} | {folder}, key=str)
+        folders = sorted({p.parent for p in folder.rglob(api.SHARD_RECORD_GLOB)} | {folder}, key=str)
         folders = [f for f in folders if f == folder or any(api.SHARD_RECORD.match(p.name) for p in f.iterdir())]
     for f in folders:
         if recursive and f == folder and not any(api.SHARD_RECORD.match(p.name) for p in f.iterdir()) and len(folders) > 1:

@@ -21,7 +21,6 @@ from ..batch import STDIO, expand_inputs
 from ..errors import UsageError
 from ..ood import ood_warner
 from ..sampling import (
-    OWN_OUTPUT_STEM,
     SampleOptions,
     check_options,
     ensure_flow_model,
@@ -31,15 +30,11 @@ from ..sampling import (
 from ..video import is_video_path
 from ..weights import sha256_file
 from ._common import (
+    BatchArgs,
     DeviceOpt,
-    JsonOpt,
     PrecisionOpt,
-    QuietOpt,
-    RayOpt,
-    ShardOpt,
-    ThreadsOpt,
     WeightsOpt,
-    WorkersOpt,
+    batch,
     err_console,
     error,
     label_column,
@@ -47,12 +42,11 @@ from ._common import (
     say,
     warning,
     show_progress,
+    with_options,
 )
 
 # the RQ-spline LLFlow embedded in the wheel: `lle sample` works offline with no download
 DEFAULT_MODEL = "llflow.lle-synth-rqs"
-# the library's pattern, so that a change of output names cannot leave this one behind
-_OWN_OUTPUT = OWN_OUTPUT_STEM
 
 
 def _numbers(values: list[str], flag: str) -> tuple[float, ...]:
@@ -71,6 +65,7 @@ def _numbers(values: list[str], flag: str) -> tuple[float, ...]:
     return tuple(dict.fromkeys(out))  # repeated values would only overwrite each other's files
 
 
+@with_options(batch)
 def sample(
     inputs: Annotated[list[str], typer.Argument(help="Image files, directories, globs, or - for one image on stdin.", show_default=False)],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output directory (created if missing). Default: beside each input.")] = None,
@@ -99,19 +94,13 @@ def sample(
     skip_existing: Annotated[
         bool, typer.Option("--skip-existing", help="Skip inputs whose outputs all exist and are readable images (resume an interrupted batch).")
     ] = False,
-    quiet: QuietOpt = False,
-    json_out: JsonOpt = False,
+    # each command says when it records by default, so --record is its own, not the group's
     record: Annotated[
         Optional[bool],
         typer.Option("--record/--no-record", help="Write a run record (lle-run.json) beside the outputs; default: on with -o DIR or several inputs."),
     ] = None,
-    ood_stats: Annotated[
-        Optional[Path], typer.Option("--ood-stats", help="Warn about inputs above these `lle score-ood fit` statistics' threshold (default: the model's shipped ones).")
-    ] = None,
-    shard: ShardOpt = None,
-    workers: WorkersOpt = None,
-    threads_per_worker: ThreadsOpt = None,
-    ray: RayOpt = None,
+    *,
+    batch: BatchArgs,
 ) -> int:
     """Draw diverse enhancements: z = g(x) + tau * eps + offset, decoded by the flow (LLFlow).
 
@@ -119,8 +108,7 @@ def sample(
 
     Exit code 0: all written or skipped, 1: an input failed or a sample was non-finite (never written), 2: usage error, 130: interrupted (a run record covers the inputs finished; --skip-existing resumes).
     """
-    part = api.parse_shard(shard)  # a bad K/N fails before anything is read
-    parallel = api.check_parallel(workers, threads_per_worker, ray)
+    quiet, json_out, part, parallel = batch.quiet, batch.json_out, batch.shard, batch.parallel
     opts = SampleOptions(
         n=n, taus=_numbers(tau, "--tau"), offsets=_numbers(z_offset, "--z-offset"), seed=seed, mean=mean,
         sheet=sheet, resample_bad=resample_bad, max_tries=max_tries, max_out_of_range=max_out_of_range,
@@ -139,7 +127,7 @@ def sample(
     for item in inputs:
         found = expand_inputs([item])
         if Path(item).is_dir():  # our own earlier outputs in that folder are not inputs
-            found = [(p, e) for p, e in found if e or not _OWN_OUTPUT.search(Path(p).stem)]
+            found = [(p, e) for p, e in found if e or not api.is_sample_output(p)]
             found = found or [(item, f"{item}: no images to sample there, only earlier `lle sample` outputs")]
         jobs += found
     for path, _ in jobs:
@@ -152,7 +140,7 @@ def sample(
         if any(p == STDIO for p, _ in jobs):
             raise UsageError("--shard splits files and folders; stdin (-) is one image")
         # every shard lists the whole batch, then keeps its part (lle_cli.shard)
-        split = api.plan_shard([(p, output if output is not None else Path(p).parent) for p, _ in jobs], inputs, part)
+        split = api.plan_shard([(p, api.sample_folder(p, output)) for p, _ in jobs], inputs, part)
         jobs = split.take(jobs)
         if not quiet and not json_out:
             note(f"shard {part.index}/{part.count}: {len(jobs)} of {len(whole)} inputs")
@@ -162,7 +150,7 @@ def sample(
     loaded = api.load_model(model, weights=weights, device=device, precision=precision, tile=tile_px)
     if not quiet and not json_out:
         note(f"model {loaded.name} ({loaded.weights_source}) on {loaded.device}")
-    warn_ood = ood_warner(loaded, ood_stats)  # never changes the samples
+    warn_ood = ood_warner(loaded, batch.ood_stats)  # never changes the samples
     progress = Progress(
         label_column(), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=err_console, disable=not show_progress(quiet, json_out), transient=True,
@@ -177,7 +165,7 @@ def sample(
     def failed_input(path: str, problem: str) -> None:
         nonlocal failed
         failed += 1
-        outcomes.append(api.InputOutcome(path, output if output is not None else Path(path).parent, "error", problem))
+        outcomes.append(api.InputOutcome(path, api.sample_folder(path, output), "error", problem))
         if json_out:
             print(json.dumps({"input": path, "model": loaded.name, "status": "error", "error": problem}), flush=True)
         else:
@@ -186,7 +174,7 @@ def sample(
     def done(path: str, result) -> None:
         nonlocal failed
         if result.status == "skipped":
-            outcomes.append(api.InputOutcome(path, output if output is not None else Path(path).parent, "skipped"))
+            outcomes.append(api.InputOutcome(path, api.sample_folder(path, output), "skipped"))
             if json_out:
                 print(json.dumps(result.to_dict()), flush=True)
             elif not quiet:
@@ -238,7 +226,7 @@ def sample(
     }
     if recording and split is not None:
         base = api.new_run("sample", model=loaded, options=record_options)
-        outcomes += [api.outcome_of_sample(p, r, output if output is not None else Path(p).parent) for p, r in results]
+        outcomes += [api.outcome_of_sample(p, r, api.sample_folder(p, output)) for p, r in results]
         api.write_shard_records(base, outcomes, split, interrupted=interrupted)
     elif recording:
         _write_records(loaded, results, stdin_bytes, options=record_options, **({"interrupted": True, "inputs_finished": finished, "inputs_total": len(jobs)} if interrupted else {}))

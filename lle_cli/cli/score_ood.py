@@ -306,11 +306,7 @@ def score(
     written: set[str] = set()
 
     def save_heatmap(res: api.ImageScore, rgb) -> None:
-        stem = "stdin" if res.input == STDIO else Path(res.input).stem
-        name, k = f"{stem}_ood.png", 1
-        while name in written:
-            k += 1
-            name = f"{stem}_{k}_ood.png"
+        name = api.heatmap_name(res.input, written)  # a second x.png of another folder gets x_2_ood.png
         written.add(name)
         heatmap.mkdir(parents=True, exist_ok=True)
         from PIL import Image

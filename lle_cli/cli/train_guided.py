@@ -6,8 +6,6 @@ Thin commands: they validate flags, build the trainer's config and call the libr
 
 from __future__ import annotations
 
-import functools
-import inspect
 import os
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -24,7 +22,7 @@ from ..api import (
     SegSpec, VggSpec, select_device,
 )
 from ._common import (
-    DeviceOpt, QuietOpt, err_console, note, show_progress,
+    DeviceOpt, QuietOpt, err_console, note, show_progress, with_options,
 )
 
 _R = RaveTrainConfig()
@@ -48,34 +46,7 @@ CheckpointEveryOpt = Annotated[int, typer.Option("--checkpoint-every", min=1, he
 LogEveryOpt = Annotated[int, typer.Option("--log-every", min=1, help="Write metrics.jsonl every N steps.")]
 
 
-# ---- option groups: options every trainer command takes, written once -------------------------------
-def _with_options(*groups: Callable[..., object]):
-    """Give a command the options of ``groups``, each gathered into one argument.
-
-    A group is a function whose typed keyword parameters are options; the command receives what it
-    returns under the group's name. Typer builds a command's options from its signature, so the
-    wrapper's signature is the command's own parameters followed by every group's.
-    """
-
-    def wrap(command: Callable[..., int]) -> Callable[..., int]:
-        sig = inspect.signature(command, eval_str=True)
-        grouped = {g.__name__: list(inspect.signature(g, eval_str=True).parameters.values()) for g in groups}
-        own = [p for p in sig.parameters.values() if p.name not in grouped]
-        params = own + [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for ps in grouped.values() for p in ps]
-
-        @functools.wraps(command)
-        def with_options(**kwargs: object) -> int:
-            for g in groups:
-                kwargs[g.__name__] = g(**{p.name: kwargs.pop(p.name) for p in grouped[g.__name__]})
-            return command(**kwargs)
-
-        with_options.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
-        with_options.__annotations__ = {p.name: p.annotation for p in params} | {"return": sig.return_annotation}
-        return with_options
-
-    return wrap
-
-
+# ---- option groups: options every trainer command takes, written once (see _common.with_options) ---
 @dataclass(frozen=True)
 class RunArgs:
     """Where a training run keeps its state and how it reports: the ``run`` option group."""
@@ -166,7 +137,7 @@ def _summary(result, quiet: bool) -> None:
     print(result.output)
 
 
-@_with_options(_clip_options(_R), _run_options(_R))
+@with_options(_clip_options(_R), _run_options(_R))
 def rave(
     backlit: BacklitOpt,
     welllit: WelllitOpt,
@@ -206,7 +177,7 @@ def _margins(text: str) -> tuple[float, float, float]:
     return vals  # type: ignore[return-value]
 
 
-@_with_options(_clip_options(_L), _run_options(_L))
+@with_options(_clip_options(_L), _run_options(_L))
 def clip_lit_latent(
     backlit: BacklitOpt,
     welllit: WelllitOpt,
@@ -241,7 +212,7 @@ def clip_lit_latent(
     return _train(train_clip_lit_latent, (backlit, welllit), output, cfg, run)
 
 
-@_with_options(_run_options(_S))
+@with_options(_run_options(_S))
 def scl_lle(
     images: Annotated[Path, typer.Option("--images", help="Folder of low-light training images (e.g. Cityscapes leftImg8bit).")],
     positives: Annotated[Path, typer.Option("--positives", help="Folder of normal-light images (positive samples).")],
