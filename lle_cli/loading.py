@@ -24,7 +24,7 @@ from .download import ProgressFn
 from .errors import ChecksumError, DownloadError, OfflineError, OutputExistsError, UsageError, WeightsError
 from .models import build_model, detect_family, load_state_strict
 from .registry import ModelEntry, Registry, UpstreamLocation, UpstreamSource, get_registry
-from .weights import load_safetensors, load_upstream_checkpoint, save_safetensors, sha256_file, verify_sha256
+from .weights import load_safetensors, load_upstream_checkpoint, load_upstream_component, save_safetensors, sha256_file, verify_sha256
 
 __all__ = [
     "ImportResult",
@@ -32,6 +32,7 @@ __all__ = [
     "VerifyResult",
     "ExportResult",
     "import_checkpoint",
+    "import_checkpoints",
     "convert_checkpoint",
     "fetch_weights",
     "load_weights",
@@ -50,6 +51,10 @@ class ImportResult:
     sha256: str
     source_sha256: str
     verified: bool  # the source matched the manifest's checksum
+    # one file of a several-file model: its name, and the components still to import (while any are
+    # missing, ``path``/``sha256`` are the staged component's; once none are, the model's)
+    component: str | None = None
+    missing: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -101,7 +106,16 @@ def _conversion_metadata(entry: ModelEntry, source_sha256: str) -> dict[str, str
     return {"lle": json.dumps(info, sort_keys=True)}
 
 
+def _components_wanted(entry: ModelEntry) -> str:
+    """The authors' files of a several-file model that are not imported yet, with their addresses."""
+    have = set(_staged_components(entry))
+    return ", ".join(f"{c.filename} ({c.url})" for c in entry.components if c.component not in have)
+
+
 def _missing_message(entry: ModelEntry) -> str:
+    if entry.components:
+        return (f"model {entry.name} has no weights on this machine; it is made of {len(entry.components)} authors' files: "
+                f"import each, or the folder holding them, with `lle models import` (still needed: {_components_wanted(entry)})")
     up = entry.upstream
     if up is None:
         how, where = "`lle models import FILE`", ""
@@ -115,7 +129,9 @@ def _missing_message(entry: ModelEntry) -> str:
 
 def _offline_message(entry: ModelEntry, flag: bool) -> str:
     msg = f"model {entry.name} is not on this machine and downloads are off ({download.offline_reason(flag)})"
-    if entry.upstream and entry.upstream.sha256:
+    if entry.components:
+        msg += f"; get the authors' files {_components_wanted(entry)} and run `lle models import` on each, or on their folder"
+    elif entry.upstream and entry.upstream.sha256:
         up = entry.upstream
         msg += f"; get the authors' file {up.filename} ({up.url}) and run `lle models import {up.filename}`"
     else:
@@ -201,6 +217,8 @@ def fetch_weights(
                     entry.name, {"model": entry.name, "sha256": sha, "source": ref, "source_sha256": sha, "verified": True, "via": "hub"}
                 )
                 return FetchResult(entry.name, out, sha, "hub", ref)
+        if entry.components:  # several authors' files, each downloaded, verified and staged in turn
+            return _fetch_components(entry, off, progress, reasons)
         wrong_file = False
         if entry.upstream and entry.upstream.sha256 and not off:
             up = entry.upstream
@@ -272,37 +290,266 @@ def _import_locked(
     return ImportResult(entry.name, out, sha, digest, verified)
 
 
-def import_checkpoint(
-    path: Path, model: str | None = None, *, trust_unknown: bool = False, registry: Registry | None = None
-) -> ImportResult:
-    """Verify an authors' checkpoint, convert it to safetensors and store it in the cache."""
-    reg = registry or get_registry()
-    path = Path(path)
-    if path.is_dir():
-        raise WeightsError(f"{path}: is a directory; pass the checkpoint file inside it (.pth, .pt or .safetensors)")
-    if not path.is_file():
-        raise WeightsError(f"{path}: no such file")
-    digest = sha256_file(path)
+# ---- models made of several authors' files (``ModelEntry.components``) ----
+#
+# Each file is verified by its own sha256, loaded weights-only, checked against the architecture and
+# staged as ``<models>/<name>.parts/<component>.safetensors`` (its tensors under ``<component>.``).
+# When every component is staged they are assembled into the one ``<name>.safetensors`` all other code
+# reads, deterministically (the same files give the same bytes in any import order), and the staging
+# folder is removed.
+
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")
+
+
+def _parts_dir(entry: ModelEntry) -> Path:
+    return cache.models_dir() / f"{entry.name}.parts"
+
+
+def _part_info(path: Path) -> dict:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads((f.metadata() or {}).get("lle", "{}"))
+    except (SafetensorError, OSError, ValueError):  # a damaged staged file is re-imported, not trusted
+        return {}
+
+
+def _staged_components(entry: ModelEntry) -> dict[str, dict]:
+    """Components already staged for ``entry``: name -> their record (source sha256, verified, source)."""
+    out = {}
+    for c in entry.components:
+        part = _parts_dir(entry) / f"{c.component}.safetensors"
+        info = _part_info(part) if part.is_file() else {}
+        if info.get("component") == c.component and (info.get("source_sha256") == c.sha256 or not info.get("verified", True)):
+            out[c.component] = info
+    return out
+
+
+def _check_options(module: torch.nn.Module, component: str, options: dict, source: str) -> None:
+    """The training options a component file pickles must be the config's (``upstream_options`` maps
+    each option to a config field): a file made with other constants would be run wrongly."""
+    wanted = getattr(module, "upstream_options", {}).get(component, {})
+    for option, field in wanted.items():
+        ours = getattr(module.config, field)
+        if option not in options:
+            raise WeightsError(f"{source}: the checkpoint does not record {option!r}, which this model needs ({field}={ours})")
+        if options[option] != ours:
+            raise WeightsError(
+                f"{source}: the checkpoint was made with {option}={options[option]!r}, but the model's {field} is {ours!r}; "
+                "it is not the file this model expects"
+            )
+
+
+def _stage_component(path: Path, entry: ModelEntry, comp: UpstreamSource, digest: str, *, verified: bool, source: str) -> Path:
+    """Load, check and stage one component file; returns the staged file."""
+    state, options = load_upstream_component(path)
+    module = build_model(entry.family, entry.architecture)
+    _check_options(module, comp.component, options, str(path))
+    prefix = f"{comp.component}."
+    ignored = tuple(getattr(module, "ignored_checkpoint_prefixes", ()))
+    state = {prefix + k: v for k, v in state.items() if not (prefix + k).startswith(ignored)}
+    own = {k: v for k, v in module.state_dict().items() if k.startswith(prefix)}
+    missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+    wrong = sorted(k for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong or not own:
+        what = (f"missing {missing[:1]}" if missing else f"unexpected {unexpected[:1]}" if unexpected
+                else f"wrong shape for {wrong[:1]}" if wrong else f"the model has no component {comp.component!r}")
+        raise WeightsError(f"{path}: does not fit {entry.name}'s {comp.component} ({what})")
+    out = _parts_dir(entry) / f"{comp.component}.safetensors"
+    info = {"model": entry.name, "component": comp.component, "source_sha256": digest, "verified": verified, "source": source}
+    save_safetensors({k: v.detach().to(torch.float32) for k, v in state.items()}, out, metadata={"lle": json.dumps(info, sort_keys=True)})
+    return out
+
+
+def _assemble(entry: ModelEntry, via: str, skipped: list[str] | None = None) -> Path | None:
+    """Join the staged components into the model's safetensors once all are there; None while some are missing."""
+    staged = _staged_components(entry)
+    if len(staged) < len(entry.components):
+        return None
+    state: dict[str, torch.Tensor] = {}
+    for c in entry.components:
+        state.update(load_safetensors(_parts_dir(entry) / f"{c.component}.safetensors"))
+    module = build_model(entry.family, entry.architecture)
+    load_state_strict(module, state, source=f"{entry.name}'s imported files")
+    digests = {c.component: staged[c.component]["source_sha256"] for c in entry.components}
+    info = {"model": entry.name, "family": entry.family, "source_sha256": digests, "format": 1}
+    out = cache.cached_weights_path(entry.name)
+    save_safetensors({k: v.detach().to(torch.float32) for k, v in module.state_dict().items()}, out, metadata={"lle": json.dumps(info, sort_keys=True)})
+    verified = all(staged[c]["verified"] for c in staged)
+    record = {"model": entry.name, "sha256": sha256_file(out), "source": {c: i["source"] for c, i in staged.items()},
+              "source_sha256": digests, "verified": verified, "via": via}
+    if skipped:
+        record["skipped"] = list(skipped)
+    cache.write_record(entry.name, record)
+    shutil.rmtree(_parts_dir(entry), ignore_errors=True)
+    return out
+
+
+def _unpack_assembled(entry: ModelEntry) -> None:
+    """Stage again the components of an already assembled model (when one of them is imported anew), so
+    that the others are kept; a damaged or foreign cached file is ignored (it will be replaced)."""
+    path, record = cache.cached_weights_path(entry.name), cache.read_record(entry.name) or {}
+    digests = record.get("source_sha256")
+    if not path.is_file() or not isinstance(digests, dict):
+        return
+    try:
+        _verify_cached(entry, path)
+    except ChecksumError:
+        return
+    state, staged = load_safetensors(path), _staged_components(entry)
+    sources = record.get("source") if isinstance(record.get("source"), dict) else {}
+    for c in entry.components:
+        if c.component in staged or c.component not in digests:
+            continue
+        prefix = f"{c.component}."
+        info = {"model": entry.name, "component": c.component, "source_sha256": digests[c.component],
+                "verified": bool(record.get("verified")), "source": sources.get(c.component, "")}
+        part = {k: v for k, v in state.items() if k.startswith(prefix)}
+        save_safetensors(part, _parts_dir(entry) / f"{c.component}.safetensors", metadata={"lle": json.dumps(info, sort_keys=True)})
+
+
+def _import_component_locked(path: Path, entry: ModelEntry, comp: UpstreamSource, digest: str, *, verified: bool, source: str, via: str) -> ImportResult:
+    _unpack_assembled(entry)
+    part = _stage_component(path, entry, comp, digest, verified=verified, source=source)
+    done = _assemble(entry, via)
+    if done is None:
+        have = _staged_components(entry)
+        missing = tuple(c.component for c in entry.components if c.component not in have)
+        return ImportResult(entry.name, part, sha256_file(part), digest, verified, comp.component, missing)
+    return ImportResult(entry.name, done, sha256_file(done), digest, verified, comp.component, ())
+
+
+def _fetch_components(entry: ModelEntry, off: bool, progress: ProgressFn | None, reasons: list[str]) -> FetchResult:
+    """Download every component not yet staged (each from its locations in order, each checked against
+    its sha256), then assemble. Called with the model's lock held."""
+    wrong_file = False
+    for comp in entry.components:
+        if comp.component in _staged_components(entry):
+            continue
+        if off:
+            raise OfflineError(_offline_message(entry, off))
+        part = cache.partial_download_path(entry.name, comp.filename)
+        for loc in comp.locations:
+            where = f"{comp.filename} from {loc.host}"
+            try:
+                download.location_download(loc, part, sha256=comp.sha256, size=comp.size, label=comp.filename, progress=progress)
+            except download.SourceUnavailable as e:
+                reasons.append(f"{where}: {e}")
+                continue
+            except download.WrongFileError as e:
+                reasons.append(f"{where}: {e.reason}")
+                wrong_file = True
+                continue
+            original = part.with_name(part.name.removesuffix(".part"))
+            os.replace(part, original)
+            try:
+                _stage_component(original, entry, comp, comp.sha256 or "", verified=True, source=loc.url)
+            finally:
+                original.unlink(missing_ok=True)
+            break
+        else:
+            msg = f"cannot download {entry.name}: {'; '.join(reasons)}. Try again later, or use `lle models import` on the authors' files"
+            raise (ChecksumError if wrong_file else DownloadError)(msg)
+    out = _assemble(entry, "upstream", reasons)
+    if out is None:  # a staged file vanished under us
+        raise WeightsError(_missing_message(entry))
+    return FetchResult(entry.name, out, sha256_file(out), "upstream", entry.components[0].url, tuple(reasons))
+
+
+def _identify(path: Path, digest: str, model: str | None, trust_unknown: bool, reg: Registry) -> tuple[ModelEntry, UpstreamSource | None, bool]:
+    """Which model (and component) a file is: by its sha256, or by ``--model`` (and its file name, for a
+    component) with ``--trust-unknown``. Returns ``(entry, component or None, verified)``."""
     known = reg.by_sha256(digest)
+    part = reg.component_by_sha256(digest)
     if model:
         entry = reg.resolve(model)
+        if entry.components:
+            comp = entry.component(digest)
+            if comp is not None:
+                return entry, comp, True
+            if trust_unknown:
+                comp = next((c for c in entry.components if c.filename == path.name), None)
+                if comp is None:
+                    names = ", ".join(c.filename for c in entry.components)
+                    raise UsageError(f"{path}: not one of {entry.name}'s files by sha256 nor by name ({names}); rename it to the file it stands for")
+                return entry, comp, False
         verified = digest in entry.known_sha256
         if not verified and not trust_unknown:
-            if known:
-                hint = f"this file is {known.name}; import it without --model or with --model {known.name}"
+            if known or part:
+                other = known.name if known else part[0].name
+                hint = f"this file is {other}; import it without --model or with --model {other}"
             else:
                 hint = "the file is corrupt or a different version; pass --trust-unknown to import it anyway"
             raise ChecksumError(f"{path}: sha256 {digest[:16]}... does not match {entry.name}; {hint}")
-    elif known:
-        entry, verified = known, True
-    else:
-        family = detect_family(load_upstream_checkpoint(path))
-        guess = f" it looks like a {family} checkpoint;" if family else ""
-        raise ChecksumError(
-            f"{path}: unknown checkpoint (sha256 {digest[:16]}...);{guess} name the model with --model NAME "
-            "and pass --trust-unknown if you trust the file"
-        )
+        return entry, None, verified
+    if known:
+        return known, None, True
+    if part:
+        return part[0], part[1], True
+    family = detect_family(load_upstream_checkpoint(path))
+    guess = f" it looks like a {family} checkpoint;" if family else ""
+    raise ChecksumError(
+        f"{path}: unknown checkpoint (sha256 {digest[:16]}...);{guess} name the model with --model NAME "
+        "and pass --trust-unknown if you trust the file"
+    )
+
+
+def import_checkpoints(
+    paths: list[Path], model: str | None = None, *, trust_unknown: bool = False, registry: Registry | None = None
+) -> list[ImportResult]:
+    """Import several files, or folders of checkpoints (their ``.pth``/``.pt``/``.ckpt``/``.safetensors``
+    files, not recursive): each is identified first, so nothing is imported if one is unknown."""
+    reg = registry or get_registry()
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix in CHECKPOINT_SUFFIXES)
+            if not found:
+                raise WeightsError(f"{p}: is a directory with no checkpoint files in it (.pth, .pt, .ckpt, .safetensors)")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise WeightsError(f"{p}: no such file")
+    plan = []
+    for f in files:
+        digest = sha256_file(f)
+        plan.append((f, digest, *_identify(f, digest, model, trust_unknown, reg)))
+    out = []
+    for f, digest, entry, comp, verified in plan:
+        with cache.lock(entry.name):
+            if comp is not None:
+                out.append(_import_component_locked(f, entry, comp, digest, verified=verified, source=str(f), via="import"))
+            else:
+                out.append(_import_locked(f, entry, digest, verified=verified, source=str(f), via="import"))
+    return out
+
+
+def import_checkpoint(
+    path: Path, model: str | None = None, *, trust_unknown: bool = False, registry: Registry | None = None
+) -> ImportResult:
+    """Verify an authors' checkpoint, convert it to safetensors and store it in the cache.
+
+    A file that is one component of a several-file model is staged until the others are imported
+    (``ImportResult.missing``). A folder imports the files of one model inside it (see
+    ``import_checkpoints`` for files of several models); the result is that model's last import.
+    """
+    reg = registry or get_registry()
+    path = Path(path)
+    if path.is_dir():
+        results = import_checkpoints([path], model, trust_unknown=trust_unknown, registry=reg)
+        models = sorted({r.model for r in results})
+        if len(models) > 1:  # all were imported; say that one result cannot stand for them
+            raise UsageError(f"{path}: holds files of several models ({', '.join(models)}); all were imported, import folders of one model to get its result")
+        return results[-1]
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such file")
+    digest = sha256_file(path)
+    entry, comp, verified = _identify(path, digest, model, trust_unknown, reg)
     with cache.lock(entry.name):
+        if comp is not None:
+            return _import_component_locked(path, entry, comp, digest, verified=verified, source=str(path), via="import")
         return _import_locked(path, entry, digest, verified=verified, source=str(path), via="import")
 
 
@@ -330,7 +577,12 @@ def verify_weights(entries: list[ModelEntry]) -> list[VerifyResult]:
 def remove_weights(entry: ModelEntry) -> list[Path]:
     """Delete ``entry``'s cached weights, record and partial downloads; the paths removed."""
     with cache.lock(entry.name):
-        return cache.remove(entry.name)
+        gone = cache.remove(entry.name)
+        parts = _parts_dir(entry)
+        if parts.is_dir():  # components staged for a several-file model
+            gone += sorted(p for p in parts.iterdir() if p.is_file())
+            shutil.rmtree(parts, ignore_errors=True)
+        return gone
 
 
 CARD_MARKER = "<!-- generated by `lle models export`"

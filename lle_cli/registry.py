@@ -6,6 +6,7 @@ its recommended tag. The manifest is validated when loaded so a broken entry fai
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import re
@@ -77,6 +78,9 @@ class UpstreamSource:
 
     ``sha256`` is None for files lle has never seen: those are never downloaded automatically, only
     imported by hand with ``--trust-unknown``.
+
+    ``component`` names one of several files that together make a model (``ModelEntry.components``):
+    its tensors are stored under ``<component>.`` in the model's state dict.
     """
 
     url: str
@@ -84,6 +88,7 @@ class UpstreamSource:
     filename: str
     size: int | None = None
     locations: tuple[UpstreamLocation, ...] = ()
+    component: str | None = None
 
     def __post_init__(self) -> None:
         if not self.locations:
@@ -105,6 +110,9 @@ class ModelEntry:
     architecture: dict[str, Any] = field(default_factory=dict)
     hub: HubSource | None = None
     upstream: UpstreamSource | None = None
+    # a model built from several authors' files (``sources.upstream.components``): each is verified
+    # and imported on its own; the model is usable once all are in (then ``upstream`` is None)
+    components: tuple[UpstreamSource, ...] = ()
     embedded: str | None = None  # path inside the package
     embedded_sha256: str | None = None
     training: dict[str, Any] | None = None
@@ -116,6 +124,8 @@ class ModelEntry:
     @property
     def downloadable(self) -> bool:
         """lle can fetch and verify the weights itself (a file without a known sha256 is never fetched)."""
+        if self.components:
+            return self.hub is not None or all(c.sha256 for c in self.components)
         return self.hub is not None or (self.upstream is not None and bool(self.upstream.sha256))
 
     @property
@@ -127,6 +137,10 @@ class ModelEntry:
         if self.upstream and self.upstream.sha256:
             out.add(self.upstream.sha256)
         return out
+
+    def component(self, digest: str) -> UpstreamSource | None:
+        """The component file with this sha256, if the model is made of several."""
+        return next((c for c in self.components if c.sha256 and c.sha256 == digest), None)
 
 
 class ManifestError(LLEError):
@@ -166,6 +180,26 @@ def _upstream(raw: dict[str, Any]) -> UpstreamSource:
     return UpstreamSource(url="", locations=locations, **raw)
 
 
+def _components(raw: dict[str, Any]) -> tuple[UpstreamSource, ...]:
+    """``{"components": [{"name", "filename", "sha256", "size"?, "url" | "urls"}, ...]}``: one model from several files."""
+    if set(raw) != {"components"}:
+        raise ValueError("upstream with 'components' takes nothing else (each component has its own filename, sha256 and url)")
+    items = raw["components"]
+    if not isinstance(items, list) or len(items) < 2:
+        raise ValueError("upstream.components must list at least two files")
+    out = []
+    for item in items:
+        item = dict(item)
+        name = item.pop("name", None)
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ValueError(f"each upstream component needs a 'name' usable as a key prefix, got {name!r}")
+        out.append(dataclasses.replace(_upstream(item), component=name))
+    names = [c.component for c in out]
+    if len(set(names)) != len(names) or len({c.sha256 for c in out if c.sha256}) != sum(1 for c in out if c.sha256):
+        raise ValueError(f"upstream components must have distinct names and sha256, got {names}")
+    return tuple(out)
+
+
 def _entry(name: str, raw: dict[str, Any]) -> ModelEntry:
     def need(key: str) -> Any:
         if key not in raw:
@@ -182,11 +216,14 @@ def _entry(name: str, raw: dict[str, Any]) -> ModelEntry:
     src = raw.get("sources") or {}
     try:
         hub = HubSource(**src["hub"]) if "hub" in src else None
-        up = _upstream(src["upstream"]) if "upstream" in src else None
+        raw_up = src.get("upstream")
+        multi = isinstance(raw_up, dict) and "components" in raw_up
+        up = _upstream(raw_up) if raw_up is not None and not multi else None
+        components = _components(raw_up) if multi else ()
     except (TypeError, ValueError) as e:  # a missing or misspelt source field
         raise ManifestError(f"weights_manifest.json: model {name!r} has a malformed source ({e})") from None
     emb = src.get("embedded") or {}
-    if not (hub or up or emb):
+    if not (hub or up or components or emb):
         raise ManifestError(f"weights_manifest.json: model {name!r} has no weight source")
     ood = raw.get("ood_stats") or {}
     if ood and not (ood.get("path") and ood.get("sha256")):
@@ -203,6 +240,7 @@ def _entry(name: str, raw: dict[str, Any]) -> ModelEntry:
         architecture=arch,
         hub=hub,
         upstream=up,
+        components=components,
         embedded=emb.get("path"),
         embedded_sha256=emb.get("sha256"),
         training=raw.get("training"),
@@ -249,6 +287,13 @@ class Registry:
         for entry in self.models.values():
             if digest in entry.known_sha256:
                 return entry
+        return None
+
+    def component_by_sha256(self, digest: str) -> tuple[ModelEntry, UpstreamSource] | None:
+        """The model and component a file with this sha256 is a part of (several-file models only)."""
+        for entry in self.models.values():
+            if (comp := entry.component(digest)) is not None:
+                return entry, comp
         return None
 
 

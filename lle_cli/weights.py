@@ -6,9 +6,11 @@ importing an authors' checkpoint; every file is checked against its sha256 befor
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -23,8 +25,16 @@ __all__ = [
     "save_safetensors",
     "load_safetensors",
     "load_upstream_checkpoint",
+    "load_upstream_component",
     "clean_state_dict",
+    "UPSTREAM_SAFE_GLOBALS",
 ]
+
+# The one class besides tensors and containers that a weights-only load of an authors' file may
+# rebuild: URetinex-Net's checkpoints pickle their training options as an ``argparse.Namespace``
+# (plain attributes, whose values go through the same weights-only unpickler). Allowed only inside
+# ``_torch_load``, never globally.
+UPSTREAM_SAFE_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -70,20 +80,67 @@ def clean_state_dict(obj: object) -> dict[str, torch.Tensor]:
     return {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}
 
 
+def _torch_load(path: Path) -> object:
+    """``torch.load(weights_only=True)``, with ``UPSTREAM_SAFE_GLOBALS`` allowed for this call only."""
+    if path.is_dir():
+        raise WeightsError(f"{path}: is a directory; pass the checkpoint file inside it (.pth, .pt or .safetensors)")
+    try:
+        with torch.serialization.safe_globals(list(UPSTREAM_SAFE_GLOBALS)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as e:
+        raise WeightsError(f"{path}: no such file") from e
+    except Exception as e:  # torch raises many types for a bad file; say which kind of bad it is
+        raise WeightsError(f"{path}: {_unreadable_checkpoint(path, e)}") from e
+
+
 def load_upstream_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """Load an authors' ``.pth``/``.pt`` pickle safely (``weights_only=True``) or a safetensors file."""
     path = Path(path)
     if path.suffix == ".safetensors":
         return clean_state_dict(load_safetensors(path))
-    if path.is_dir():
-        raise WeightsError(f"{path}: is a directory; pass the checkpoint file inside it (.pth, .pt or .safetensors)")
+    return clean_state_dict(_torch_load(path))
+
+
+def _flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for k, v in obj.items():
+        key = prefix + k.removeprefix("module.")
+        if isinstance(v, torch.Tensor):
+            out[key] = v
+        elif isinstance(v, Mapping):
+            out.update(_flatten(v, key + "."))
+        else:
+            raise WeightsError(f"the checkpoint's weights hold a {type(v).__name__} at {key!r}, not tensors")
+    return out
+
+
+def load_upstream_component(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """One file of a several-file model: its weights, nested state dicts flattened with dots
+    (``{'state_dict': {'model_R': {'conv1.weight': ...}}}`` -> ``model_R.conv1.weight``), and the
+    options it pickles as an ``argparse.Namespace`` (``{}`` if none). Optimiser states are not read."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return load_safetensors(path), {}
+    obj = _torch_load(path)
+    if not isinstance(obj, Mapping):
+        raise WeightsError(f"{path}: the checkpoint holds no state dict of tensors")
+    options: dict[str, Any] = {}
+    for v in obj.values():
+        if isinstance(v, argparse.Namespace):
+            options = dict(vars(v))
+            break
+    weights: object = obj
+    for key in ("state_dict", "model", "params", "net"):
+        if key in obj and isinstance(obj[key], Mapping):
+            weights = obj[key]
+            break
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as e:
-        raise WeightsError(f"{path}: no such file") from e
-    except Exception as e:  # torch raises many types for a bad file; say which kind of bad it is
-        raise WeightsError(f"{path}: {_unreadable_checkpoint(path, e)}") from e
-    return clean_state_dict(obj)
+        state = _flatten(weights)
+    except WeightsError as e:
+        raise WeightsError(f"{path}: {e}") from None
+    if not state:
+        raise WeightsError(f"{path}: the checkpoint holds no tensors")
+    return state, options
 
 
 def _unreadable_checkpoint(path: Path, e: Exception) -> str:

@@ -371,12 +371,13 @@ def test_mirrors_map_every_kind(monkeypatch) -> None:
 def test_every_location_of_every_model_is_pinned() -> None:
     """A GitHub address names a commit; the other kinds are trusted through the one sha256 and size."""
     for e in get_registry().models.values():
-        if e.upstream is None or not e.upstream.sha256:
-            continue
-        assert e.upstream.size and e.upstream.size > 0, e.name
-        for loc in e.upstream.locations:
-            if loc.host == "github.com":
-                assert re.search(r"/raw/[0-9a-f]{40}/", loc.url), f"{e.name}: {loc.url} is not pinned to a commit"
+        for up in (e.upstream, *e.components):  # a several-file model: each of its files
+            if up is None or not up.sha256:
+                continue
+            assert up.size and up.size > 0, e.name
+            for loc in up.locations:
+                if loc.host == "github.com":
+                    assert re.search(r"/raw/[0-9a-f]{40}/", loc.url), f"{e.name}: {loc.url} is not pinned to a commit"
 
 
 def test_older_drive_pages_link_instead_of_a_form(monkeypatch) -> None:

@@ -18,7 +18,7 @@ def test_every_model_builds_with_its_declared_parameter_count() -> None:
     for entry in reg.models.values():
         model = build_model(entry.family, entry.architecture)
         assert sum(p.numel() for p in model.parameters()) == entry.parameters, entry.name
-        assert entry.hub or entry.upstream or entry.embedded
+        assert entry.hub or entry.upstream or entry.components or entry.embedded
 
 
 def test_aliases_and_case_resolve() -> None:
