@@ -68,6 +68,7 @@ def test_plain_llflow_reproduces_golden(vs) -> None:
     assert set(detail) == {"lowlight_a", "lowlight_odd"}
 
 
+@pytest.mark.slow
 def test_workers_are_separate_processes_and_errors_come_back_as_one_line(vs) -> None:
     off = vs.Worker("official", "zero_dce", 1)
     lle = vs.Worker("lle", "zero_dce", 1)

@@ -52,6 +52,7 @@ def test_quick_start_command_works_offline(tmp_path, capsys) -> None:
 
 
 @pytest.mark.parity
+@pytest.mark.slow
 def test_embedded_model_meets_the_official_zero_dce_quality_on_lol() -> None:
     p, s = _lol_scores(api.load_model())
     # the official Zero-DCE weights score 14.86 dB / 0.562 here with the same metrics
@@ -59,6 +60,7 @@ def test_embedded_model_meets_the_official_zero_dce_quality_on_lol() -> None:
 
 
 @pytest.mark.parity
+@pytest.mark.slow
 def test_metrics_reproduce_the_official_zero_dce_figures() -> None:
     from lle_cli.loading import import_checkpoint
 

@@ -72,6 +72,7 @@ def _families() -> list:
 
 
 @pytest.mark.parametrize("family", _families())
+@pytest.mark.slow
 def test_every_family_exports_and_onnx_runtime_reproduces_lle(family, tmp_path) -> None:
     model = _random_model(family)
     r = export_onnx(model, tmp_path)

@@ -73,6 +73,7 @@ def test_flow_decode_estimates_follow_the_coupling() -> None:
 # -- OOD features and heat maps --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_tiled_features_equal_untiled_features(monkeypatch, rng) -> None:
     """The tiles' margin covers the needed blocks' whole reach, so tiled patch features are the
     untiled ones up to float rounding (boxes across seams included)."""

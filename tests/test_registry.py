@@ -12,6 +12,7 @@ from lle_cli.registry import ManifestError, Registry, get_registry, manifest_pat
 from .conftest import UPSTREAM_FILES, shared_path
 
 
+@pytest.mark.slow
 def test_every_model_builds_with_its_declared_parameter_count() -> None:
     reg = get_registry()
     assert reg.default in reg.models

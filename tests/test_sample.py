@@ -152,6 +152,7 @@ class _Exploding:
         return out, ld
 
 
+@pytest.mark.slow
 def test_non_finite_samples_are_flagged_and_redrawn_with_recorded_seeds(photo) -> None:
     model = loaded()
     _Exploding(model.module, bad=1, value=float("nan"))
@@ -169,6 +170,7 @@ def test_non_finite_samples_are_flagged_and_redrawn_with_recorded_seeds(photo) -
     assert s.samples[0].status == "non_finite" and s.samples[0].rejected_seeds == [0, 1]  # gave up after 3 draws
 
 
+@pytest.mark.slow
 def test_out_of_range_samples_are_flagged_not_hidden(photo) -> None:
     model = loaded()
     _Exploding(model.module, bad=1, value=40.0)
@@ -247,6 +249,7 @@ def test_output_names_parse_back_and_are_known_as_outputs() -> None:
 
 
 @pytest.mark.parity
+@pytest.mark.slow
 def test_seed_1234_reproduces_the_official_samples() -> None:
     """The golden eps came from torch.Generator().manual_seed(1234): so do ours, for sample 0."""
     module = LLFlow(LLFlowConfig(nb=8, K=2))
@@ -334,6 +337,7 @@ def test_cli_writes_samples_mean_sheet_and_json(capsys, photos, small_weights, t
     }
 
 
+@pytest.mark.slow
 def test_cli_never_writes_non_finite_samples(capsys, photos, small_weights, tmp_path, monkeypatch) -> None:
     original = LLFlow.decode
 
@@ -361,6 +365,7 @@ def test_cli_usage_errors(capsys, photos, small_weights) -> None:
     assert code == 2 and "not a flow" in err
 
 
+@pytest.mark.slow
 def test_cli_skips_its_own_outputs_in_a_folder(capsys, photos, small_weights) -> None:
     (photos / "dark_sample00.png").write_bytes((photos / "dark.png").read_bytes())  # what older versions named a sample
     args = ["sample", photos, "-m", "llflow.lol-small", "-w", small_weights, "--n", "1", "--seed", "0", "-q", "--max-out-of-range", "1"]
@@ -370,6 +375,7 @@ def test_cli_skips_its_own_outputs_in_a_folder(capsys, photos, small_weights) ->
     assert sorted(p.name for p in photos.iterdir()) == ["dark.png", "dark_sample00.png", "dark_sample00_tau1_off0.png", "dark_sheet_tau1_off0.png"]
 
 
+@pytest.mark.slow
 def test_cli_runs_with_other_tau_or_offset_share_a_folder(capsys, photos, small_weights, tmp_path) -> None:
     out_dir = tmp_path / "out"
     base = ["sample", photos / "dark.png", "-m", "llflow.lol-small", "-w", small_weights, "-o", out_dir,
@@ -413,6 +419,7 @@ def _three_photos(tmp_path: Path, rng: np.random.Generator) -> Path:
     return src
 
 
+@pytest.mark.slow
 def test_cli_interrupted_batch_is_recorded_and_resumed_with_skip_existing(capsys, monkeypatch, small_weights, tmp_path, rng) -> None:
     src, out_dir = _three_photos(tmp_path, rng), tmp_path / "out"
     args = ["sample", src, "-m", "llflow.lol-small", "-w", small_weights, "-o", out_dir,
@@ -447,6 +454,7 @@ def test_cli_interrupted_batch_is_recorded_and_resumed_with_skip_existing(capsys
     assert "interrupted" not in resumed and [o["input"] for o in resumed["outputs"]] == [str(src / "b.png"), str(src / "c.png")]
 
 
+@pytest.mark.slow
 def test_skip_existing_redraws_an_input_whose_outputs_are_incomplete(capsys, photos, small_weights, tmp_path) -> None:
     out_dir = tmp_path / "out"
     args = ["sample", photos / "dark.png", "-m", "llflow.lol-small", "-w", small_weights, "-o", out_dir,

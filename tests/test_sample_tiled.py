@@ -199,6 +199,7 @@ class _Poison:
         return out, ld
 
 
+@pytest.mark.slow
 def test_non_finite_values_are_found_in_tiled_samples_and_margins_do_not_leak(tmp_path) -> None:
     rgb = _street(256, 384)
     model = _fresh_tiny()
@@ -228,6 +229,7 @@ def test_non_finite_values_are_found_in_tiled_samples_and_margins_do_not_leak(tm
     assert np.all(sheet == [255, 0, 255], axis=2).sum() > 0  # the NaN columns, magenta on the sheet
 
 
+@pytest.mark.slow
 def test_resample_bad_reruns_the_encoder_tiles(tiny) -> None:
     rgb = _street(256, 384)
     model = _fresh_tiny()

@@ -165,6 +165,7 @@ def test_zero_dce_tiled_equals_untiled(rng) -> None:
     np.testing.assert_allclose(tiled, whole, atol=2e-6)
 
 
+@pytest.mark.slow
 def test_unet_tiled_equals_untiled_with_the_global_pooled_context(rng) -> None:
     torch.manual_seed(1)
     model = loaded("rave.unpaired")
@@ -218,6 +219,7 @@ def test_llflow_histogram_of_the_padded_image_without_building_it(rng) -> None:
     assert (equalize_lut(flat) == 40).all()
 
 
+@pytest.mark.slow
 def test_llflow_one_tile_matches_untiled(rng) -> None:
     entry = get_registry().resolve("llflow.lol-small")
     module = build_model("llflow", entry.architecture)

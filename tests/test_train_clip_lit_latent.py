@@ -79,6 +79,7 @@ def straight(data, tmp_path_factory):
         return train_clip_lit_latent(*data, root / "out.safetensors", _cfg(), run_dir=root / "run")
 
 
+@pytest.mark.slow
 def test_every_stage_reduces_its_loss(straight) -> None:
     rows = [json.loads(x) for x in (straight.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in rows] == ["init"] * 4 + ["warmup"] + ["unet"] * 3 + ["latent"] * 3 + ["unet"] * 3

@@ -78,6 +78,7 @@ def _metrics(run_dir: Path) -> list[dict]:
 # ---- the objective ----------------------------------------------------------------------------
 @pytest.mark.parity
 @pytest.mark.parametrize("gt_branch", [False, True], ids=["colour-map-mean", "gt-mean"])
+@pytest.mark.slow
 def test_one_training_step_from_golden_mid_weights_has_the_golden_nll(gt_branch) -> None:
     model = LLFlow(LLFlowConfig(nb=8, K=2))
     load_state_strict(model, load_upstream_checkpoint(shared_path("golden", "llflow", "llflow_mid_random.safetensors")), source="mid")
@@ -182,6 +183,7 @@ def test_architecture_presets_files_and_errors(tmp_path, micro) -> None:
 
 
 # ---- training ---------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_short_cpu_run_decreases_nll(tmp_path, rng, micro) -> None:
     data = _write_pairs(tmp_path / "same", rng, n=4, size=(32, 32))  # crop = whole image: the same batch every step
     cfg = _cfg(micro, iterations=40, batch_size=4, patch=32, flip=False, checkpoint_every=40, lr=2e-3, lr_milestones=())
@@ -196,6 +198,7 @@ def test_short_cpu_run_decreases_nll(tmp_path, rng, micro) -> None:
 
 
 @pytest.mark.parametrize("coupling", ["affine", "rqs"])
+@pytest.mark.slow
 def test_resume_continues_exactly(pairs, tmp_path, micro, coupling) -> None:
     cfg = lambda n: _cfg(micro, coupling=coupling, iterations=n, lr_milestones=())  # noqa: E731
     straight = train_llflow(pairs, tmp_path / "a.safetensors", cfg(4), run_dir=tmp_path / "ra")

@@ -259,6 +259,7 @@ def test_inference_path_equals_the_autograd_path(family: str) -> None:
     torch.testing.assert_close(fast, slow.detach(), atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 def test_iat_strips_equal_the_whole_image(monkeypatch) -> None:
     model = _randomised("iat").eval()
     x = torch.rand(2, 3, 97, 31)

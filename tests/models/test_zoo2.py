@@ -330,6 +330,7 @@ def test_ruas_config_rejects_unknown_operations() -> None:
 @pytest.mark.parametrize(
     ("name", "arch"), [("ruas.lol", {}), ("ruas.upe", {"denoise": False}), ("pairlie.official", {})]
 )
+@pytest.mark.slow
 def test_tiles_reproduce_the_whole_image(rng, name: str, arch: dict) -> None:
     family = get_registry().resolve(name).family
     spec = FAMILIES[family]
