@@ -309,6 +309,43 @@ def test_descriptor_says_it_is_never_tiled() -> None:
         assert not torch.equal(model(x)[..., :4], model(x2)[..., :4])  # 86+ px away, beyond the local radius
 
 
+@pytest.mark.parametrize("height", [9, 24, 37, 50])
+def test_strips_equal_the_whole_image(monkeypatch, height: int) -> None:
+    """At inference a large image runs strip by strip (every net with its receptive radius as halo,
+    the squeeze-excite mean summed over strips first): the same output as the whole-image forward.
+    A tiny strip makes several strips, halos taller than a strip's own rows, and a short last strip."""
+    from lle_cli.models import uretinex
+
+    torch.manual_seed(3)
+    model = build_model("uretinex", {"rounds": 3, "width": 8, "restore_width": 16, "se_reduction": 4}).eval()
+    x = torch.rand(2, 3, height, 19) * 0.6
+    with torch.no_grad():
+        whole = model(x)
+        monkeypatch.setattr(uretinex, "STRIP_PIXELS", 19 * 5)
+        calls = []
+        monkeypatch.setattr(uretinex, "_map_rows", lambda *a, _f=uretinex._map_rows: calls.append(a[2]) or _f(*a))
+        strips = model(x)
+    assert sorted(set(calls)) == [0, 4, 7, 8]  # every net ran in strips, with its own halo
+    torch.testing.assert_close(strips, whole, atol=1e-5, rtol=0)
+    assert torch.is_grad_enabled()
+    y = model(x[..., :9, :].requires_grad_())  # training keeps the whole-image path (autograd through it)
+    assert y.requires_grad
+
+
+@pytest.mark.parity
+def test_strip_path_matches_the_pretrained_model_on_a_photo(pretrained, monkeypatch) -> None:
+    """With the released weights and a real photo (its squeeze-excite means are what they are in
+    use), strips of 8-16 rows give the whole-image output."""
+    from lle_cli.models import uretinex
+
+    x = _official_input("lowlight_odd")[..., :61, :75]
+    with torch.no_grad():
+        whole = pretrained(x)
+        monkeypatch.setattr(uretinex, "STRIP_PIXELS", 75 * 8)
+        strips = pretrained(x)
+    torch.testing.assert_close(strips, whole, atol=1e-5, rtol=0)
+
+
 # -- LOL eval15 -------------------------------------------------------------------------------------
 
 
