@@ -24,6 +24,12 @@ SSIM is computed, and which two numbers are its headline ("the PSNR and SSIM of 
     PSNR on RGB (data range 255); SSIM on OpenCV's grey image with scikit-image 0.18's
     ``multichannel=True``, which on a 2-D image is a 1-D SSIM down each column (``ssim_columns``).
     Headline: the aligned PSNR and the aligned grey SSIM.
+
+Every run also measures NIQE (no reference; lower is more natural, BasicSR's implementation) on
+each prediction as saved, which is also all there is to measure when a folder has no references:
+``evaluate_predictions(folder, None)`` and ``evaluate_model(model, folder, None)`` measure each
+image alone, and their headline is the mean NIQE. Images smaller than two 96x96 blocks have no
+NIQE (NaN, left out of the mean).
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from . import record as rec
 from .errors import InputError, LLEError, OutputExistsError, UsageError
 from .formats import IMAGE_SUFFIXES, list_image_files
 from .imageio import Picture, encode_image, read_image, write_bytes_atomic
-from .metrics import grey_float, grey_u8, psnr, quantise, scale_to_mean, ssim, ssim_columns
+from .metrics import grey_float, grey_u8, niqe, psnr, quantise, scale_to_mean, ssim, ssim_columns
 from .runner import LoadedModel
 from .weights import sha256_file
 
@@ -56,7 +62,9 @@ __all__ = [
     "Extras",
     "get_protocol",
     "pair_files",
+    "list_single",
     "measure",
+    "measure_no_reference",
     "evaluate_predictions",
     "evaluate_model",
     "summarise",
@@ -107,9 +115,10 @@ METRICS: dict[str, tuple[str, bool]] = {
     "psnr_aligned": ("PSNR al", True),
     "ssim_aligned": ("SSIM al", True),
     "ssim_grey_aligned": ("SSIM grey al", True),
+    "niqe": ("NIQE", False),
     "lpips": ("LPIPS", False),
 }
-BASE_METRICS = tuple(k for k in METRICS if k != "lpips")
+BASE_METRICS = tuple(k for k in METRICS if k not in ("lpips", "niqe"))  # the full-reference six
 
 
 def get_protocol(name: str | Protocol) -> Protocol:
@@ -175,6 +184,23 @@ def pair_files(pred_dir: str | Path, ref_dir: str | Path, *, strip_suffix: str |
     return pairs
 
 
+def list_single(folder: str | Path) -> list[Pair]:
+    """The images of a folder without references, one ``Pair`` each (reference None), in natural order.
+
+    Names are file stems, as with references; where two files share a stem their full names are used.
+    """
+    found = list_image_files(Path(folder), recursive=False) if Path(folder).is_dir() else None
+    if found is None:
+        raise UsageError(f"{folder}: no such directory (images to measure)")
+    if not found:
+        raise UsageError(f"{folder}: no images in this directory (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    stems: dict[str, int] = {}
+    for f in found:
+        stems[f.stem] = stems.get(f.stem, 0) + 1
+    named = [(f.stem if stems[f.stem] == 1 else f.name, f) for f in found]
+    return [Pair(name, str(f), None) for name, f in sorted(named, key=lambda t: _natural_key(t[0]))]
+
+
 # ---------------------------------------------------------------------------------------------
 # Measuring one pair
 
@@ -209,13 +235,45 @@ def _alignment(pred: np.ndarray, ref8: np.ndarray, protocol: Protocol) -> tuple[
     return float(grey_float(pred).mean()), float(grey_float(ref8).mean() / 255)
 
 
+def _niqe(image8: np.ndarray) -> float:
+    """NIQE, or NaN for an image too small for its two 96x96 blocks (a table still has a row for it)."""
+    try:
+        return niqe(image8)
+    except ValueError:
+        return math.nan
+
+
+def _as_u8(prediction: np.ndarray, protocol: Protocol) -> np.ndarray:
+    if prediction.dtype == np.uint8:
+        return prediction
+    return quantise(np.clip(prediction.astype(np.float32), 0.0, 1.0), protocol.quantise)
+
+
+def measure_no_reference(
+    prediction: np.ndarray, protocol: Protocol | str = "plain", extras: Extras | None = None, *, with_niqe: bool = True
+) -> dict[str, float]:
+    """The no-reference metrics of one image: NIQE (unless ``with_niqe`` is false) and ``extras``'
+    no-reference metrics, on the prediction as saved (8 bits, quantised as the protocol says)."""
+    pred8 = _as_u8(prediction, get_protocol(protocol))
+    out = {"niqe": _niqe(pred8)} if with_niqe else {}
+    for name, (fn, _lower) in (extras.no_reference.items() if extras else ()):
+        out[name] = fn(pred8)
+    return out
+
+
 def measure(
-    prediction: np.ndarray, reference: np.ndarray, protocol: Protocol | str = "plain", extras: Extras | None = None
+    prediction: np.ndarray,
+    reference: np.ndarray,
+    protocol: Protocol | str = "plain",
+    extras: Extras | None = None,
+    *,
+    with_niqe: bool = False,
 ) -> tuple[dict[str, float], float]:
     """All metrics of one prediction against its reference, and the alignment gain.
 
     ``prediction``: (H, W, 3) uint8 (an image as saved) or float in [0, 1] (a model's output);
-    ``reference``: (H, W, 3) uint8.
+    ``reference``: (H, W, 3) uint8. ``with_niqe`` adds the prediction's NIQE (no reference; the
+    reports do, at about 0.15 s per 600x400 image).
     """
     p = get_protocol(protocol)
     if prediction.shape != reference.shape:
@@ -238,6 +296,8 @@ def measure(
         "ssim_aligned": ssim(al8, reference),
         "ssim_grey_aligned": grey_ssim(grey_u8(al8), ref_grey),
     }
+    if with_niqe:
+        out["niqe"] = _niqe(pred8)  # the prediction as it is: an aligned image used the ground truth
     if extras:
         shown = al8 if p.headline[0].endswith("_aligned") else pred8  # what the protocol's papers measure
         if extras.lpips:
@@ -291,17 +351,23 @@ class EvalReport:
     modified: int = 0  # predictions whose bytes differ from what their record says was written
     records: list[str] = field(default_factory=list)  # run records this evaluation wrote
     seconds: float = 0.0
+    reference_free: bool = False  # no references: each image measured alone (NIQE)
 
     @property
     def failures(self) -> list[ImageResult]:
         return [r for r in self.images if not r.ok]
 
     @property
+    def headline_keys(self) -> tuple[str, ...]:
+        return ("niqe",) if self.reference_free else self.protocol.headline
+
+    @property
     def headline(self) -> dict[str, float | None]:
-        return {k: self.mean.get(k) for k in self.protocol.headline}
+        return {k: self.mean.get(k) for k in self.headline_keys}
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "mode": "no-reference" if self.reference_free else "reference",
             "protocol": self.protocol.describe(),
             "headline": {k: _finite(v) for k, v in self.headline.items()},
             "mean": {k: _finite(v) for k, v in self.mean.items()},
@@ -318,9 +384,27 @@ class EvalReport:
 
 
 def summarise(results: Iterable[ImageResult], keys: Iterable[str]) -> dict[str, float]:
-    """Mean of each metric over the measured images (inf if any PSNR is inf; NaN when none)."""
+    """Mean of each metric over the images that have it (inf if any PSNR is inf; NaN when none).
+
+    A NaN (NIQE of an image smaller than its blocks) is left out rather than making the mean NaN.
+    """
     ok = [r for r in results if r.ok]
-    return {k: (float(np.mean([r.metrics[k] for r in ok])) if ok else math.nan) for k in keys}
+    out = {}
+    for k in keys:
+        vals = [v for r in ok if not math.isnan(v := r.metrics.get(k, math.nan))]
+        out[k] = float(np.mean(vals)) if vals else math.nan
+    return out
+
+
+def _keys(reference_free: bool, with_niqe: bool, extras: Extras | None) -> list[str]:
+    if reference_free:
+        if extras and extras.lpips:
+            raise UsageError("LPIPS compares with a reference: give a folder of references, or leave out --lpips")
+        keys = [*(["niqe"] if with_niqe else []), *(extras.no_reference if extras else [])]
+        if not keys:
+            raise UsageError("without references only no-reference metrics can be measured: keep NIQE on or add --no-ref")
+        return keys
+    return [*BASE_METRICS, *(["niqe"] if with_niqe else []), *(extras.keys() if extras else [])]
 
 
 def sort_results(results: list[ImageResult], metric: str, extras: Extras | None = None) -> list[ImageResult]:
@@ -346,24 +430,31 @@ def _read(path: str, what: str) -> Picture:
 
 def evaluate_predictions(
     pred_dir: str | Path,
-    ref_dir: str | Path,
+    ref_dir: str | Path | None,
     protocol: Protocol | str = "plain",
     *,
     extras: Extras | None = None,
+    niqe: bool = True,
     progress: Callable[[ImageResult], None] | None = None,
 ) -> EvalReport:
-    """Measure the images of ``pred_dir`` against ``ref_dir`` (pairs by stem), with their provenance."""
+    """Measure the images of ``pred_dir`` against ``ref_dir`` (pairs by stem), with their provenance.
+
+    ``ref_dir`` None: no references, each image is measured alone (NIQE and ``extras``' no-reference
+    metrics). ``niqe`` false leaves NIQE out.
+    """
     p = get_protocol(protocol)
+    free = ref_dir is None
+    keys = _keys(free, niqe, extras)
     t0 = time.perf_counter()
     index = rec.index_outputs(pred_dir)
     runs: dict[str, dict[str, Any]] = {}
     counts: dict[str, int] = {}
     unrecorded = modified = 0
     results = []
-    for pair in pair_files(pred_dir, ref_dir):
+    for pair in list_single(pred_dir) if free else pair_files(pred_dir, ref_dir):
         start = time.perf_counter()
         res = ImageResult(pair.name, pair.prediction, pair.reference, error=pair.error)
-        if pair.prediction and pair.reference and res.ok:
+        if pair.prediction and (pair.reference or free) and res.ok:
             found = index.get(Path(pair.prediction).name)
             if found is None:
                 unrecorded += 1
@@ -377,19 +468,21 @@ def evaluate_predictions(
                 res.producer = {"run": rid, "unchanged": same, "input": entry.get("input"), "input_sha256": entry.get("input_sha256")}
             try:
                 pred = _read(pair.prediction, "prediction")
-                ref = _read(pair.reference, "reference")
                 p8 = pred.rgb if pred.bit_depth != 8 else _to_u8(pred)
-                res.metrics, res.gain = measure(p8, _to_u8(ref), p, extras)
+                if free:
+                    res.metrics = measure_no_reference(p8, p, extras, with_niqe=niqe)
+                else:
+                    ref = _read(pair.reference, "reference")
+                    res.metrics, res.gain = measure(p8, _to_u8(ref), p, extras, with_niqe=niqe)
             except InputError as e:
                 res.error = str(e) if pair.prediction in str(e) else f"{pair.prediction}: {e}"
         res.seconds = round(time.perf_counter() - start, 4)
         results.append(res)
         if progress:
             progress(res)
-    keys = [*BASE_METRICS, *(extras.keys() if extras else [])]
     producers = [{"run": rid, "count": counts[rid], "description": rec.describe_run(runs[rid]), "record": _public(runs[rid])} for rid in runs]
     return EvalReport(p, results, keys, summarise(results, keys), producers=producers, unrecorded=unrecorded,
-                      modified=modified, seconds=time.perf_counter() - t0)
+                      modified=modified, seconds=time.perf_counter() - t0, reference_free=free)
 
 
 def _public(run: Mapping[str, Any]) -> dict[str, Any]:
@@ -399,9 +492,10 @@ def _public(run: Mapping[str, Any]) -> dict[str, Any]:
 def evaluate_model(
     model: LoadedModel,
     low_dir: str | Path,
-    ref_dir: str | Path,
+    ref_dir: str | Path | None,
     protocol: Protocol | str = "plain",
     *,
+    niqe: bool = True,
     predict: Callable[[np.ndarray], np.ndarray] | None = None,
     predict_options: Mapping[str, Any] | None = None,
     seed: int | None = None,
@@ -415,12 +509,16 @@ def evaluate_model(
     ``predict`` replaces ``model.enhance`` (e.g. the mean of n samples of a flow model) and
     ``predict_options`` says how, for the report and the run record. With ``save_dir`` each
     prediction is also written there as an 8-bit PNG (rounded), with a run record beside them.
+    ``ref_dir`` None: no references; each enhanced image is measured alone (NIQE, ``extras``'
+    no-reference metrics), e.g. on real low-light photos.
     """
     p = get_protocol(protocol)
+    free = ref_dir is None
+    keys = _keys(free, niqe, extras)
     fn = predict or model.enhance
     t0 = time.perf_counter()
-    pairs = pair_files(low_dir, ref_dir, strip_suffix=None)
-    options = {"protocol": p.name, "low_dir": str(low_dir), "ref_dir": str(ref_dir), **(predict_options or {})}
+    pairs = list_single(low_dir) if free else pair_files(low_dir, ref_dir, strip_suffix=None)
+    options = {"protocol": p.name, "low_dir": str(low_dir), "ref_dir": None if free else str(ref_dir), **(predict_options or {})}
     run = rec.new_run("eval", model=model, options=options, seed=seed)
     save = Path(save_dir) if save_dir is not None else None
     if save is not None and not overwrite:
@@ -431,14 +529,17 @@ def evaluate_model(
     for pair in pairs:
         start = time.perf_counter()
         res = ImageResult(pair.name, None, pair.reference, error=pair.error, input=pair.prediction)
-        if pair.prediction and pair.reference and res.ok:
+        if pair.prediction and (pair.reference or free) and res.ok:
             try:
                 low = _read(pair.prediction, "low-light input")
-                ref = _read(pair.reference, "reference")
+                ref = None if free else _read(pair.reference, "reference")
                 out = fn(low.rgb)
                 if not np.isfinite(out).all():
                     raise InputError(f"{pair.prediction}: the model produced NaN/Inf")
-                res.metrics, res.gain = measure(out, _to_u8(ref), p, extras)
+                if ref is None:
+                    res.metrics = measure_no_reference(out, p, extras, with_niqe=niqe)
+                else:
+                    res.metrics, res.gain = measure(out, _to_u8(ref), p, extras, with_niqe=niqe)
                 if save is not None:
                     target = save / f"{pair.name}.png"
                     data = encode_image(low.with_rgb(quantise(out, "round").astype(np.float32) / 255), "PNG", bit_depth=8)
@@ -456,10 +557,9 @@ def evaluate_model(
         results.append(res)
         if progress:
             progress(res)
-    keys = [*BASE_METRICS, *(extras.keys() if extras else [])]
     mean = summarise(results, keys)
     report = EvalReport(p, results, keys, mean, model={**run["model"], **(predict_options or {})},
-                        seconds=time.perf_counter() - t0)
+                        seconds=time.perf_counter() - t0, reference_free=free)
     if save is not None and run["outputs"]:
         rec.finish_run(run, metrics={"mean": {k: _finite(v) for k, v in mean.items()}, "count": len(run["outputs"])})
         report.records.append(str(rec.write_run(save, run)))

@@ -229,6 +229,76 @@ def test_lpips_without_the_library_is_a_clear_usage_error(capsys, dataset) -> No
 
 
 # ---------------------------------------------------------------------------------------------
+# NIQE: beside PSNR/SSIM with references, alone without them
+
+
+@pytest.fixture
+def textured(tmp_path, rng) -> tuple[Path, Path]:
+    """photos/ (two 200x128 textures, big enough for NIQE's two 96x96 blocks, and one 24x32 image) and refs/."""
+    photos, refs = tmp_path / "photos", tmp_path / "refs"
+    for stem in ("a", "b"):
+        r = (rng.random((128, 200, 3)) * 255).astype(np.uint8)
+        save(refs / f"{stem}.png", r)
+        save(photos / f"{stem}.png", np.clip(r.astype(int) + rng.integers(-20, 21, r.shape), 0, 255).astype(np.uint8))
+    save(photos / "tiny.png", (rng.random((24, 32, 3)) * 255).astype(np.uint8))
+    return photos, refs
+
+
+def test_niqe_beside_psnr_ssim_and_alone(textured) -> None:
+    from lle_cli.metrics import niqe
+
+    photos, refs = textured
+    (photos / "tiny.png").unlink()
+    rep = evaluate_predictions(photos, refs, "plain")
+    assert rep.metrics[-1] == "niqe" and not rep.reference_free
+    assert rep.images[0].metrics["niqe"] == niqe(rgb(photos / "a.png"))
+    assert rep.headline == {"psnr": rep.mean["psnr"], "ssim": rep.mean["ssim"]}
+    assert "niqe" not in evaluate_predictions(photos, refs, "plain", niqe=False).metrics
+    alone = evaluate_predictions(photos, None, "plain")
+    assert alone.reference_free and alone.metrics == ["niqe"] and alone.images[0].gain is None
+    assert [r.metrics["niqe"] for r in alone.images] == [r.metrics["niqe"] for r in rep.images]
+    assert alone.headline == {"niqe": alone.mean["niqe"]} and alone.to_dict()["mode"] == "no-reference"
+    with pytest.raises(UsageError, match="no-reference"):
+        evaluate_predictions(photos, None, "plain", niqe=False)
+
+
+def test_cli_without_references_measures_niqe(capsys, textured) -> None:
+    photos, _ = textured
+    code, out, _ = run(capsys, "eval", photos)
+    assert code == 0 and "NIQE*" in out and "no references: NIQE" in out and "gain" not in out
+    code, out, _ = run(capsys, "eval", photos, "--json", "--sort", "niqe")
+    rep = json.loads(out)
+    by_name = {i["name"]: i for i in rep["images"]}
+    assert code == 0 and rep["mode"] == "no-reference" and set(by_name) == {"a", "b", "tiny"}
+    assert by_name["tiny"]["metrics"]["niqe"] is None  # too small for two blocks: no value, not a failure
+    assert rep["mean"]["niqe"] == pytest.approx(np.mean([by_name[k]["metrics"]["niqe"] for k in "ab"]))
+    assert rep["headline"] == {"niqe": rep["mean"]["niqe"]}
+    code, out, _ = run(capsys, "eval", photos, "--csv", "--sort", "niqe")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0 and list(rows[0])[:2] == ["image", "niqe"] and rows[-1]["image"] == "mean"
+    vals = [float(r["niqe"]) for r in rows[:-1] if r["niqe"]]
+    assert vals == sorted(vals, reverse=True)  # worst (highest) NIQE first
+    code, _, err = run(capsys, "eval", photos, "--lpips")
+    assert code == 2 and "REF_DIR" in err
+    code, _, err = run(capsys, "eval", photos, "--no-niqe")
+    assert code == 2 and "no-reference" in err
+    assert run(capsys, "eval", photos, "--sort", "psnr")[0] == 2
+
+
+def test_cli_model_without_references_measures_its_outputs(capsys, textured, weights, tmp_path) -> None:
+    photos, _ = textured
+    saved = tmp_path / "saved"
+    code, out, _ = run(capsys, "eval", "--model", "scl-lle", "-w", weights, photos, "--save", saved, "--json")
+    rep = json.loads(out)
+    assert code == 0 and rep["mode"] == "no-reference" and rep["model"]["name"] == "scl-lle.official"
+    [run_] = record.read_runs(saved)
+    assert run_["options"]["ref_dir"] is None
+    # the saved outputs measured later give the same NIQE
+    code, out2, _ = run(capsys, "eval", saved, "--json")
+    assert code == 0 and json.loads(out2)["mean"]["niqe"] == pytest.approx(rep["mean"]["niqe"], abs=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
 # LOL eval15 with the authors' weights (../shared)
 
 # Means over LOL eval15 computed when this test was written by an independent script that follows

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -35,22 +36,55 @@ def _path(entry) -> str | None:
     return str(p) if p.is_file() else None
 
 
+# measured by bench/zoo.py and packaged beside the manifest; never typed by hand
+FIGURES_FILE = Path(__file__).resolve().parents[1] / "model_figures.json"
+_FIGURE_KEYS = ("lol_psnr", "lol_ssim", "niqe_real", "seconds_600x400")
+
+
+def _figures() -> tuple[dict, dict]:
+    """(per-model figures, what they mean) from the packaged model_figures.json; empty when it is absent.
+
+    A damaged file costs the figures, not the listing: a one-line warning says how to regenerate it.
+    """
+    try:
+        data = json.loads(FIGURES_FILE.read_text())
+        return dict(data["models"]), data
+    except FileNotFoundError:
+        return {}, {}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        warning(f"{FIGURES_FILE}: unreadable ({e}); regenerate it with `python bench/zoo.py`")
+        return {}, {}
+
+
+def _num(v, fmt: str) -> str:
+    return "-" if not isinstance(v, (int, float)) or not math.isfinite(v) else format(v, fmt)
+
+
 @app.command("list")
 def list_models(json_out: JsonOpt = False) -> int:
-    """Every registered model and where its weights are: embedded, cached, or downloadable on first use."""
+    """Every registered model, where its weights are (embedded, cached, or downloadable on first use), and how
+    it measured here: LOL eval15 PSNR/SSIM, NIQE on real photos (lower is more natural), licence and size."""
     entries = api.list_models()
+    figures, about = _figures()
     if json_out:
         for e in entries:
+            fig = figures.get(e.name, {})
             print(json.dumps({"name": e.name, "family": e.family, "task": e.task, "parameters": e.parameters,
-                              "license": e.license, "weights": weights_location(e), "path": _path(e)}))
+                              "license": e.license, **{k: fig.get(k) for k in _FIGURE_KEYS},
+                              "weights": weights_location(e), "path": _path(e)}))
         return 0
     table = Table(title=None, box=None, header_style="bold")
-    for col in ("name", "family", "task", "params", "licence", "weights"):
-        table.add_column(col, overflow="fold")
+    for col in ("name", "family", "task", "params", "LOL PSNR", "SSIM", "NIQE real", "licence", "weights"):
+        table.add_column(col, overflow="fold", justify="right" if col in ("params", "LOL PSNR", "SSIM", "NIQE real") else "left")
     for e in entries:
         lic = e.license if len(e.license) < 28 else e.license[:25] + "..."
-        table.add_row(e.name, e.family, e.task, f"{e.parameters:,}", lic, _where(e))
-    Console(soft_wrap=False, width=max(Console().width, 120)).print(table)
+        fig = figures.get(e.name, {})
+        table.add_row(e.name, e.family, e.task, f"{e.parameters:,}", _num(fig.get("lol_psnr"), ".2f"),
+                      _num(fig.get("lol_ssim"), ".3f"), _num(fig.get("niqe_real"), ".2f"), lic, _where(e))
+    Console(soft_wrap=False, width=max(Console().width, 140)).print(table)
+    if figures:
+        print(f"LOL PSNR/SSIM: {about.get('lol', 'LOL eval15')}. NIQE real: {about.get('niqe_real', 'NIQE on real photos')}.")
+        print(f"Measured by bench/zoo.py on {about.get('date', '?')[:10]}; '-': not measured (weights not on that machine).")
     return 0
 
 
