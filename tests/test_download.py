@@ -26,6 +26,7 @@ from lle_cli.cli.main import main
 from lle_cli.errors import ChecksumError, DownloadError, OfflineError
 from lle_cli.loading import convert_checkpoint, fetch_weights, weights_location
 from lle_cli.registry import get_registry
+from lle_cli.weights import sha256_file
 
 from .conftest import UPSTREAM_FILES, shared_path
 from .hub_server import FakeHub
@@ -361,20 +362,33 @@ def test_two_processes_downloading_the_same_model_take_turns(hub, lle_home) -> N
 @pytest.mark.parity
 @pytest.mark.slow
 def test_download_all_then_enhance_reproduces_the_official_outputs(hub, capsys) -> None:
-    from .models.test_zoo import UPSTREAM as ZOO_FILES  # the zoo's authors' files, also in ../shared
-
+    # serve every authors' file that ../shared holds, found by its sha256 (zoo models made of several
+    # files serve each of them); a model with a file missing here is expected to fail, alone
+    by_digest = {sha256_file(f): f for f in shared_path("upstream", "weights").rglob("*") if f.is_file()}
+    served, missing = set(), set()
+    for e in get_registry().models.values():
+        if e.name in UPSTREAM_FILES:
+            continue
+        files = [c for c in (e.components or ((e.upstream,) if e.upstream else ())) if c.sha256]
+        if not files:
+            continue
+        if all(c.sha256 in by_digest for c in files):
+            for c in files:
+                hub.add_upstream(c.url, by_digest[c.sha256].read_bytes())
+            served.add(e.name)
+        else:
+            missing.add(e.name)
     for name in UPSTREAM_FILES:
         hub.add_upstream(entry(name).upstream.url, upstream_bytes(name))
-    for name, file in ZOO_FILES.items():
-        hub.add_upstream(entry(name).upstream.url, shared_path("upstream", "weights", file).read_bytes())
     code, out, _ = run(capsys, "models", "download", "--all", "--json")
     rows = [json.loads(line) for line in out.splitlines()]
     # the authors' LLFlow files are not in ../shared: every one of their locations answers 404 here, and
     # those failures leave the other downloads alone
-    llflow = {"llflow.lol", "llflow.lol-small", "llflow.lol-v2"}
-    assert code == 1 and {r["model"] for r in rows if r["status"] == "error"} == llflow
-    assert {r["model"] for r in rows} >= set(UPSTREAM_FILES) | set(ZOO_FILES)
-    assert all(r["status"] == "ok" for r in rows if r["model"] in ZOO_FILES)
+    assert {"llflow.lol", "llflow.lol-small", "llflow.lol-v2"} <= missing
+    assert code == 1 and {r["model"] for r in rows if r["status"] == "error"} == missing
+    assert {r["model"] for r in rows} >= set(UPSTREAM_FILES) | served
+    assert served >= {"iat.lol-v1", "sci.medium", "ruas.lol", "pairlie.official", "uretinex.lol"}
+    assert all(r["status"] == "ok" for r in rows if r["model"] in served)
     for r in rows:
         if r["model"] in UPSTREAM_FILES:
             assert r["status"] == "ok" and r["via"] == "upstream" and r["sha256"] == entry(r["model"]).hub.sha256
