@@ -15,7 +15,7 @@ from .. import api
 from ..api import embedded_path, hub_cached_file, weights_location
 from ..errors import LLEError, UsageError
 from ._common import (
-    JsonOpt, OfflineOpt, QuietOpt, WeightsOpt, download_progress, err_console, error, show_progress, warning,
+    JsonOpt, OfflineOpt, QuietOpt, WeightsOpt, download_progress, err_console, error, note, show_progress, warning,
 )
 
 app = typer.Typer(help="List, download, verify, remove, import and export models.", no_args_is_help=True)
@@ -106,6 +106,8 @@ def info(name: Annotated[str, typer.Argument(help="Model name or alias.")], json
         "training_data": e.training_data, "parameters": e.parameters, "architecture": e.architecture,
         "weights": weights_location(e), "cache_path": str(api.cached_weights_path(e.name)),
         "hub": e.hub.__dict__ if e.hub else None, "upstream": _upstream_info(e.upstream),
+        # a model made of several authors' files: each, as "upstream" describes one
+        "components": [{"name": c.component, **_upstream_info(c)} for c in e.components] or None,
         "embedded": e.embedded, "training": e.training, "notes": e.notes,
     }
     if json_out:
@@ -114,12 +116,14 @@ def info(name: Annotated[str, typer.Argument(help="Model name or alias.")], json
     for k, v in data.items():
         if v in (None, "", {}):
             continue
-        if k == "upstream":
-            sha = v["sha256"] or "unknown (imported by hand only)"
-            size = f", {v['size']:,} bytes" if v["size"] else ""
-            print(f"{k:14} {v['filename']}{size}, sha256={sha}")
-            for i, src in enumerate(v["sources"]):
-                print(f"{'sources' if i == 0 else '':14} {src['kind']:10} {src['url']}")
+        if k in ("upstream", "components"):
+            for part in v if k == "components" else [v]:
+                sha = part["sha256"] or "unknown (imported by hand only)"
+                size = f", {part['size']:,} bytes" if part["size"] else ""
+                name = f"{part['name']}: " if k == "components" else ""
+                print(f"{k:14} {name}{part['filename']}{size}, sha256={sha}")
+                for i, src in enumerate(part["sources"]):
+                    print(f"{'sources' if i == 0 else '':14} {src['kind']:10} {src['url']}")
             continue
         if isinstance(v, dict):
             v = ", ".join(f"{a}={b}" for a, b in v.items() if b is not None)
@@ -217,16 +221,26 @@ def rm(names: Annotated[list[str], typer.Argument(help="Model names or aliases."
 
 @app.command("import")
 def import_(
-    file: Annotated[Path, typer.Argument(help="An authors' checkpoint (.pth) or a safetensors file.")],
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Which model this file is; default: recognised by its sha256.")] = None,
+    files: Annotated[list[Path], typer.Argument(help="Authors' checkpoints (.pth) or safetensors files, or folders of them (a model made of several files: all of them, or their folder).")],
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Which model these files are; default: recognised by their sha256.")] = None,
     trust_unknown: Annotated[bool, typer.Option("--trust-unknown", help="Import even if the sha256 is not the manifest's.")] = False,
 ) -> int:
-    """Verify a checkpoint's sha256, load it safely and store it as safetensors in the cache."""
-    r = api.import_checkpoint(file, model, trust_unknown=trust_unknown)
-    if not r.verified:
-        warning(f"{file}: sha256 not in the manifest; imported because of --trust-unknown")
-    err_console.print(f"imported {r.model} (sha256 {r.source_sha256[:12]}...)")
-    print(r.path)
+    """Verify checkpoints' sha256, load them safely and store them as safetensors in the cache."""
+    # every file is identified before any is imported, so one unknown file imports nothing
+    results = api.import_checkpoints(files, model, trust_unknown=trust_unknown)
+    done: dict[str, Path] = {}
+    for r in results:
+        if not r.verified:
+            warning(f"{r.model}: sha256 {r.source_sha256[:12]}... not in the manifest; imported because of --trust-unknown")
+        if r.missing:
+            note(f"imported {r.model}'s {r.component} (sha256 {r.source_sha256[:12]}...); still needed: {', '.join(r.missing)}")
+            done.pop(r.model, None)
+        else:
+            what = f"{r.model}'s {r.component}, the last of its files" if r.component else r.model
+            err_console.print(f"imported {what} (sha256 {r.source_sha256[:12]}...)", soft_wrap=True, highlight=False)
+            done[r.model] = r.path
+    for path in done.values():  # stdout: the usable models' files, one per line
+        print(path)
     return 0
 
 

@@ -217,6 +217,27 @@ def test_importing_the_folder_gives_the_same_bytes(capsys, lle_home) -> None:
 
 
 @pytest.mark.parity
+def test_importing_the_files_one_command_line_says_what_is_still_needed(capsys, lle_home) -> None:
+    """`lle models import a.pth b.pth` (a shell glob): each file is reported; the model's safetensors is
+    printed on stdout only once all of its files are in."""
+    code, out, err = run(capsys, "models", "import", _file("init_low"), _file("unfolding"))
+    assert code == 0 and out == "", err
+    assert err.count("still needed:") == 2 and err.rstrip().endswith("still needed: L_adjust, init_high"), err
+    code, out, err = run(capsys, "models", "import", _file("L_adjust"), _file("init_high"))
+    assert code == 0, err
+    assert out.strip() == str(lle_home / "models" / f"{NAME}.safetensors") and "the last of its files" in err
+
+
+def test_models_info_lists_every_file_of_the_model(capsys) -> None:
+    code, out, _ = run(capsys, "models", "info", "uretinex", "--json")
+    info = json.loads(out)
+    entry = get_registry().resolve(NAME)
+    assert code == 0 and info["upstream"] is None
+    assert [(c["name"], c["sha256"]) for c in info["components"]] == [(c.component, c.sha256) for c in entry.components]
+    assert len(info["components"]) == 4 and all(c["sources"] and c["url"].startswith("https://") for c in info["components"])
+
+
+@pytest.mark.parity
 def test_a_file_with_other_unfolding_constants_is_refused(tmp_path, lle_home) -> None:
     from lle_cli.weights import UPSTREAM_SAFE_GLOBALS
 
