@@ -402,12 +402,18 @@ def test_lle_eval_on_lol(capsys, name: str, psnr: float, ssim: float) -> None:
     assert rep["headline"]["ssim"] == pytest.approx(ssim, abs=2e-4)
 
 
-@pytest.mark.parity
-def test_manifest_entries_pin_the_authors_files() -> None:
+def check_manifest_pins(upstream: dict[str, str], families: tuple[str, ...]) -> None:
+    """Each model's authors' file has the size of the one in ../shared and an address at one of the
+    fixtures' full commits; the models are exactly ``families``' (shared with test_zoo2)."""
     reg = get_registry()
     commits = {m["commit"] for m in _manifest()["upstream"].values()}
-    for name, filename in UPSTREAM.items():
+    for name, filename in upstream.items():
         up = reg.resolve(name).upstream
         assert up.size == shared_path("upstream", "weights", filename).stat().st_size, name
         assert any(f"/raw/{c}/" in up.url for c in commits), name  # the fixtures' own full commits
-    assert {reg.resolve(n).family for n in UPSTREAM} == set(ZOO_FAMILIES)
+    assert {reg.resolve(n).family for n in upstream} == set(families)
+
+
+@pytest.mark.parity
+def test_manifest_entries_pin_the_authors_files() -> None:
+    check_manifest_pins(UPSTREAM, ZOO_FAMILIES)

@@ -22,7 +22,7 @@ from lle_cli.registry import get_registry
 from lle_cli.weights import load_safetensors, load_upstream_checkpoint
 
 from ..conftest import shared_path
-from .test_zoo import PNG_DIFFERING_AT_MOST, _loaded, _manifest, _quantise, run
+from .test_zoo import PNG_DIFFERING_AT_MOST, _loaded, _manifest, _quantise, check_manifest_pins, run
 
 ZOO2_FAMILIES = ("ruas", "pairlie")
 # the authors' files in ../shared/upstream/weights, by registry name
@@ -192,13 +192,7 @@ def test_raw_checkpoints_are_recognised_by_their_keys(name: str) -> None:
 
 @pytest.mark.parity
 def test_manifest_entries_pin_the_authors_files() -> None:
-    reg = get_registry()
-    commits = {m["commit"] for m in _manifest()["upstream"].values()}
-    for name, filename in UPSTREAM.items():
-        up = reg.resolve(name).upstream
-        assert up.size == shared_path("upstream", "weights", filename).stat().st_size, name
-        assert any(f"/raw/{c}/" in up.url for c in commits), name  # the fixtures' own full commits
-    assert {reg.resolve(n).family for n in UPSTREAM} == set(ZOO2_FAMILIES)
+    check_manifest_pins(UPSTREAM, ZOO2_FAMILIES)
 
 
 # -- random weights ---------------------------------------------------------------------------------
