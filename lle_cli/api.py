@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import cache
 from .device import select_device, select_dtype
 from .download import ProgressFn
 from .errors import UsageError
@@ -40,6 +41,7 @@ __all__ = [
     "import_checkpoint",
     "import_checkpoints",
     "download_model",
+    "pinned_sha256",
     "verify_models",
     "remove_model",
     "export_model",
@@ -67,6 +69,12 @@ def download_model(
 ) -> FetchResult:
     """Put the model's verified weights in the cache (hub first, then the authors' file); no-op if there."""
     return fetch_weights(get_registry().resolve(name), offline=offline, force=force, progress=progress)
+
+
+def pinned_sha256(name: str) -> str | None:
+    """For a model whose authors publish no sha256: the one pinned by this machine's first verified download."""
+    pin = cache.read_pin(get_registry().resolve(name).name)
+    return pin["sha256"] if pin else None
 
 
 def verify_models(names: list[str] | None = None) -> list[VerifyResult]:

@@ -5,6 +5,9 @@
 Models live in ``<home>/models/<name>.safetensors`` with a ``<name>.json`` record of where they came from.
 Partial downloads of the authors' files wait in ``<home>/downloads/`` (resumed on the next attempt), and
 ``<home>/locks/`` holds one lock file per model so that concurrent ``lle`` processes take turns.
+``<home>/pins.json`` holds the sha256 pinned on the first verified download of each authors' file that
+has no published checksum (``registry.UpstreamSource.pins_on_download``); ``lle models rm`` keeps it,
+so a later download must bring the same bytes.
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ __all__ = [
     "install_file",
     "remove",
     "lock",
+    "read_pin",
+    "write_pin",
+    "pinned_model",
 ]
 
 LOCK_TIMEOUT_S = 900.0  # a download of the largest model over a slow link, with margin
@@ -79,6 +85,39 @@ def write_record(name: str, record: dict[str, Any]) -> None:
     p = _record_path(name)
     p.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(p, json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def _pins_path() -> Path:
+    return lle_home() / "pins.json"
+
+
+def _read_pins() -> dict[str, dict[str, Any]]:
+    try:
+        pins = json.loads(_pins_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return pins if isinstance(pins, dict) else {}
+
+
+def read_pin(name: str) -> dict[str, Any] | None:
+    """``{"sha256", "filename", "url", "pinned"}`` of ``name``'s authors' file, if one was pinned here."""
+    pin = _read_pins().get(name)
+    return pin if isinstance(pin, dict) and isinstance(pin.get("sha256"), str) else None
+
+
+def write_pin(name: str, pin: dict[str, Any]) -> None:
+    """Record the first verified download's checksum (callers hold ``lock(name)``); never replaces a pin."""
+    pins = _read_pins()
+    if name in pins:
+        return
+    pins[name] = pin
+    _pins_path().parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(_pins_path(), json.dumps(pins, indent=2, sort_keys=True) + "\n")
+
+
+def pinned_model(sha256: str) -> str | None:
+    """The model whose pinned authors' file has this sha256."""
+    return next((n for n, p in _read_pins().items() if isinstance(p, dict) and p.get("sha256") == sha256), None)
 
 
 def install_file(src: Path, name: str) -> Path:

@@ -154,10 +154,14 @@ def upstream_url(url: str) -> str:
 
 
 def location_url(loc: UpstreamLocation) -> str:
-    """What to fetch for ``loc`` now: a Space file from ``HF_ENDPOINT``, anything else via ``upstream_url``."""
+    """What to fetch for ``loc`` now: a Space's or a model repository's file from ``HF_ENDPOINT``, anything
+    else via ``upstream_url``."""
     if loc.kind == "hub-space":
         repo_id, revision, filename = loc.space
         return f"{hub_endpoint()}/spaces/{repo_id}/resolve/{quote(revision, safe='')}/{quote(filename)}"
+    if loc.kind == "hub":
+        repo_id, revision, filename = loc.hub_file
+        return f"{hub_endpoint()}/{repo_id}/resolve/{quote(revision, safe='')}/{quote(filename)}"
     return upstream_url(loc.url)
 
 
@@ -533,7 +537,7 @@ def url_download(
     url: str,
     part: Path,
     *,
-    sha256: str,
+    sha256: str | None,
     size: int | None = None,
     label: str = "",
     progress: ProgressFn | None = None,
@@ -546,14 +550,18 @@ def url_download(
     follow the download form of an HTML answer (Google Drive's virus-scan page) instead of failing.
     A wrong file is deleted (``WrongFileError``); when it was completed from bytes an earlier download
     left in ``part``, it is fetched once more from the start before this location is blamed.
+    ``sha256=None`` (a file whose checksum is pinned only after this download, see
+    ``UpstreamSource.pins_on_download``): never resumed from earlier bytes, which nothing could vouch for.
     """
     part.parent.mkdir(parents=True, exist_ok=True)
     label = label or Path(urlsplit(url).path).name
+    if sha256 is None:
+        part.unlink(missing_ok=True)
     resumed = part.exists() and part.stat().st_size > 0
     while True:
         _fetch(url, part, size=size, label=label, progress=progress, forms=forms)
         actual = sha256_file(part)
-        if actual == sha256:
+        if sha256 is None or actual == sha256:
             return part
         part.unlink(missing_ok=True)
         if not resumed:
@@ -565,7 +573,7 @@ def location_download(
     loc: UpstreamLocation,
     part: Path,
     *,
-    sha256: str,
+    sha256: str | None,
     size: int | None = None,
     label: str = "",
     progress: ProgressFn | None = None,

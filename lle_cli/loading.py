@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 
@@ -220,13 +221,16 @@ def fetch_weights(
         if entry.components:  # several authors' files, each downloaded, verified and staged in turn
             return _fetch_components(entry, off, progress, reasons)
         wrong_file = False
-        if entry.upstream and entry.upstream.sha256 and not off:
+        if entry.upstream and (entry.upstream.sha256 or entry.upstream.pins_on_download) and not off:
             up = entry.upstream
+            # the published sha256, or the one pinned by this machine's first verified download
+            pin = cache.read_pin(entry.name) if up.sha256 is None else None
+            expected = up.sha256 or (pin["sha256"] if pin else None)
             part = cache.partial_download_path(entry.name, up.filename)
             for loc in up.locations:  # in the manifest's order; each checked against the one sha256
                 where = _location_label(up, loc)
                 try:
-                    download.location_download(loc, part, sha256=up.sha256, size=up.size, label=up.filename, progress=progress)
+                    download.location_download(loc, part, sha256=expected, size=up.size, label=up.filename, progress=progress)
                 except download.SourceUnavailable as e:
                     reasons.append(f"{where}: {e}")
                     continue
@@ -236,19 +240,36 @@ def fetch_weights(
                     continue
                 original = part.with_name(part.name.removesuffix(".part"))
                 os.replace(part, original)  # torch.load wants the real suffix
+                digest = expected or sha256_file(original)
                 try:
-                    r = _import_locked(
-                        original, entry, up.sha256, verified=True, source=loc.url, via="upstream", skipped=reasons
-                    )
+                    # converting loads the file into the architecture: a first download is pinned only if it fits
+                    r = _import_locked(original, entry, digest, verified=True, source=loc.url, via="upstream", skipped=reasons)
+                except WeightsError as e:
+                    if expected is not None:
+                        raise
+                    reasons.append(f"{where}: {e}")
+                    continue
                 finally:
                     original.unlink(missing_ok=True)
+                if expected is None:
+                    _pin_first(entry, digest, loc.url)
                 return FetchResult(entry.name, r.path, r.sha256, "upstream", loc.url, tuple(reasons))
         if off:
             raise OfflineError(_offline_message(entry, offline))
         up = entry.upstream
         manual = f"`lle models import {up.filename}` after getting {up.url}" if up and up.sha256 else "`lle models import FILE`"
+        if up and up.pins_on_download:
+            manual = f"`lle models import {up.filename} --model {entry.name}` after getting {up.url}"
         msg = f"cannot download {entry.name}: {'; '.join(reasons)}. Try again later, or use {manual}"
         raise (ChecksumError if wrong_file else DownloadError)(msg)
+
+
+def _pin_first(entry: ModelEntry, digest: str, source: str) -> None:
+    """Pin the sha256 of a file that fitted the architecture, for a model whose authors publish none."""
+    up = entry.upstream
+    if up is not None and up.pins_on_download and cache.read_pin(entry.name) is None:
+        cache.write_pin(entry.name, {"sha256": digest, "filename": up.filename, "url": source,
+                                     "pinned": datetime.now(timezone.utc).isoformat(timespec="seconds")})
 
 
 def _location_label(up: UpstreamSource, loc: UpstreamLocation) -> str:
@@ -461,6 +482,8 @@ def _identify(path: Path, digest: str, model: str | None, trust_unknown: bool, r
     """Which model (and component) a file is: by its sha256, or by ``--model`` (and its file name, for a
     component) with ``--trust-unknown``. Returns ``(entry, component or None, verified)``."""
     known = reg.by_sha256(digest)
+    if known is None and (pinned := cache.pinned_model(digest)) in reg.models:
+        known = reg.models[pinned]  # the authors' file this machine pinned on its first download
     part = reg.component_by_sha256(digest)
     if model:
         entry = reg.resolve(model)
@@ -474,7 +497,12 @@ def _identify(path: Path, digest: str, model: str | None, trust_unknown: bool, r
                     names = ", ".join(c.filename for c in entry.components)
                     raise UsageError(f"{path}: not one of {entry.name}'s files by sha256 nor by name ({names}); rename it to the file it stands for")
                 return entry, comp, False
-        verified = digest in entry.known_sha256
+        pin = cache.read_pin(entry.name) if entry.upstream and entry.upstream.pins_on_download else None
+        verified = digest in entry.known_sha256 or (pin is not None and pin["sha256"] == digest)
+        if entry.upstream and entry.upstream.pins_on_download and pin is None and not verified:
+            # no checksum published and none pinned yet: the file is checked against the architecture
+            # on import, and pinned, as a first download would be
+            return entry, None, True
         if not verified and not trust_unknown:
             if known or part:
                 other = known.name if known else part[0].name
@@ -523,6 +551,7 @@ def import_checkpoints(
                 out.append(_import_component_locked(f, entry, comp, digest, verified=verified, source=str(f), via="import"))
             else:
                 out.append(_import_locked(f, entry, digest, verified=verified, source=str(f), via="import"))
+                _pin_first(entry, digest, str(f))
     return out
 
 
@@ -550,7 +579,9 @@ def import_checkpoint(
     with cache.lock(entry.name):
         if comp is not None:
             return _import_component_locked(path, entry, comp, digest, verified=verified, source=str(path), via="import")
-        return _import_locked(path, entry, digest, verified=verified, source=str(path), via="import")
+        r = _import_locked(path, entry, digest, verified=verified, source=str(path), via="import")
+        _pin_first(entry, digest, str(path))
+        return r
 
 
 def verify_weights(entries: list[ModelEntry]) -> list[VerifyResult]:

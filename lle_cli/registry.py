@@ -24,9 +24,11 @@ __all__ = ["HubSource", "UpstreamLocation", "UpstreamSource", "ModelEntry", "Reg
 
 TASKS = {"low-light", "backlit"}
 # how an upstream address is fetched: a plain URL (redirects followed, e.g. GitHub -> its LFS host), Google
-# Drive's direct download (its HTML virus-scan page is followed), a file in a Hugging Face Space
-LOCATION_KINDS = ("url", "drive", "hub-space")
+# Drive's direct download (its HTML virus-scan page is followed), a file in a Hugging Face Space, a file
+# the authors publish in a Hugging Face model repository
+LOCATION_KINDS = ("url", "drive", "hub-space", "hub")
 _SPACE_URL = re.compile(r"https://huggingface\.co/spaces/([^/]+/[^/]+)/resolve/([^/]+)/(.+)")
+_HUB_FILE_URL = re.compile(r"https://huggingface\.co/(?!spaces/)([^/]+/[^/]+)/resolve/([^/]+)/(.+)")
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,14 @@ class UpstreamLocation:
         return m.group(1), unquote(m.group(2)), unquote(m.group(3))
 
     @property
+    def hub_file(self) -> tuple[str, str, str]:
+        """``(repo_id, revision, filename)`` of a ``hub`` location (a file of a model repository)."""
+        m = _HUB_FILE_URL.fullmatch(self.url)
+        if self.kind != "hub" or m is None:
+            raise ValueError(f"{self.url} is not a Hugging Face model-repository file address")
+        return m.group(1), unquote(m.group(2)), unquote(m.group(3))
+
+    @property
     def host(self) -> str:
         return urlsplit(self.url).netloc
 
@@ -77,7 +87,10 @@ class UpstreamSource:
     location's address (a manifest entry may give just ``url``: one plain-URL location).
 
     ``sha256`` is None for files lle has never seen: those are never downloaded automatically, only
-    imported by hand with ``--trust-unknown``.
+    imported by hand with ``--trust-unknown``; except files the authors publish on the Hugging Face hub
+    without a checksum lle could pin in advance (``pins_on_download``): lle downloads those, checks that
+    they fit the architecture, and pins the sha256 of that first verified download in the cache
+    (``cache.read_pin``); every later download or import must then have the same bytes.
 
     ``component`` names one of several files that together make a model (``ModelEntry.components``):
     its tensors are stored under ``<component>.`` in the model's state dict.
@@ -95,6 +108,11 @@ class UpstreamSource:
             object.__setattr__(self, "locations", (UpstreamLocation("url", self.url),))
         elif not self.url:
             object.__setattr__(self, "url", self.locations[0].url)
+
+    @property
+    def pins_on_download(self) -> bool:
+        """No published sha256, but an authors' copy on the hub: pinned on the first verified download."""
+        return self.sha256 is None and any(loc.kind == "hub" for loc in self.locations)
 
 
 @dataclass(frozen=True)
@@ -126,7 +144,8 @@ class ModelEntry:
         """lle can fetch and verify the weights itself (a file without a known sha256 is never fetched)."""
         if self.components:
             return self.hub is not None or all(c.sha256 for c in self.components)
-        return self.hub is not None or (self.upstream is not None and bool(self.upstream.sha256))
+        up = self.upstream
+        return self.hub is not None or (up is not None and (bool(up.sha256) or up.pins_on_download))
 
     @property
     def known_sha256(self) -> set[str]:
@@ -161,6 +180,8 @@ def _location(raw: dict[str, Any]) -> UpstreamLocation:
         raise ValueError(f"{loc.url} is not a Google Drive download address with an id")
     if loc.kind == "hub-space" and _SPACE_URL.fullmatch(loc.url) is None:
         raise ValueError(f"{loc.url} is not a Space file address (https://huggingface.co/spaces/OWNER/NAME/resolve/REV/PATH)")
+    if loc.kind == "hub" and _HUB_FILE_URL.fullmatch(loc.url) is None:
+        raise ValueError(f"{loc.url} is not a hub file address (https://huggingface.co/OWNER/NAME/resolve/REV/PATH)")
     return loc
 
 

@@ -88,13 +88,16 @@ def list_models(json_out: JsonOpt = False) -> int:
     return 0
 
 
-def _upstream_info(up) -> dict | None:
+def _upstream_info(up, name: str | None = None) -> dict | None:
     """The authors' file: what it is (name, size, the one sha256 every download is checked against) and every
     public location it is fetched from, in the order they are tried."""
     if up is None:
         return None
-    return {"filename": up.filename, "sha256": up.sha256, "size": up.size, "url": up.url,
-            "sources": [{"kind": loc.kind, "url": loc.url} for loc in up.locations]}
+    out = {"filename": up.filename, "sha256": up.sha256, "size": up.size, "url": up.url,
+           "sources": [{"kind": loc.kind, "url": loc.url} for loc in up.locations]}
+    if up.pins_on_download and name:  # the authors publish no checksum: the first verified download's
+        out["pinned"] = api.pinned_sha256(name)
+    return out
 
 
 @app.command("info")
@@ -105,7 +108,7 @@ def info(name: Annotated[str, typer.Argument(help="Model name or alias.")], json
         "name": e.name, "family": e.family, "task": e.task, "title": e.title, "paper": e.paper, "license": e.license,
         "training_data": e.training_data, "parameters": e.parameters, "architecture": e.architecture,
         "weights": weights_location(e), "cache_path": str(api.cached_weights_path(e.name)),
-        "hub": e.hub.__dict__ if e.hub else None, "upstream": _upstream_info(e.upstream),
+        "hub": e.hub.__dict__ if e.hub else None, "upstream": _upstream_info(e.upstream, e.name),
         # a model made of several authors' files: each, as "upstream" describes one
         "components": [{"name": c.component, **_upstream_info(c)} for c in e.components] or None,
         "embedded": e.embedded, "training": e.training, "notes": e.notes,
@@ -119,6 +122,9 @@ def info(name: Annotated[str, typer.Argument(help="Model name or alias.")], json
         if k in ("upstream", "components"):
             for part in v if k == "components" else [v]:
                 sha = part["sha256"] or "unknown (imported by hand only)"
+                if "pinned" in part:
+                    sha = (f"not published; pinned on this machine's first verified download: {part['pinned']}" if part["pinned"]
+                           else "not published; lle pins the sha256 of the first download that fits the architecture")
                 size = f", {part['size']:,} bytes" if part["size"] else ""
                 name = f"{part['name']}: " if k == "components" else ""
                 print(f"{k:14} {name}{part['filename']}{size}, sha256={sha}")
