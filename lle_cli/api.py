@@ -319,6 +319,7 @@ _LAZY: dict[str, str] = {
     # CLIP and training
     "ClipSpec": "clip", "select_device": "device", "ZeroReferenceWeights": "losses",
     "ZeroDCETrainConfig": "train.zero_dce", "train_zero_dce": "train.zero_dce",
+    "IATTrainConfig": "train.iat", "train_iat": "train.iat",
     "LLFlowTrainConfig": "train.llflow", "train_llflow": "train.llflow",
     "DegradeSpec": "degrade", "write_synthetic_pairs": "degrade",
     "RaveLossWeights": "train.rave", "RaveTrainConfig": "train.rave",

@@ -76,3 +76,8 @@ from . import train_flow as _flow  # noqa: E402
 
 app.command("llflow")(_flow.llflow)
 app.command("synth-pairs")(_flow.synth_pairs)
+
+# IAT's architecture as a photo model
+from . import train_iat as _iat  # noqa: E402
+
+app.command("iat")(_iat.iat)
