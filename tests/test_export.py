@@ -35,6 +35,7 @@ SMALL: dict[str, dict] = {
     "zero_dce_pp": {"width": 8},
     "illumination_unet": {"width": 8, "pool_reduction": 4},
     "iat": {"local_width": 8, "local_blocks": 1, "global_width": 16, "global_heads": 2},
+    "cidnet": {"channels": [8, 8, 16, 32], "heads": [1, 2, 4, 8]},
     "sci": {},
     "llflow": {"nf": 8, "nb": 2, "gc": 8, "K": 2, "hidden_channels": 8, "stack_blocks": [1], "coupling": "rqs"},
 }
