@@ -321,7 +321,9 @@ def _missing_extra(path: str, named: bool) -> str | None:
 
 def _failed(job: Job, e: Exception) -> str:
     if isinstance(e, LLEError):
-        return str(e)
+        # a model's refusal (non-finite output, too large to run whole) does not know the file: name it
+        where = "<stdin>" if job.input == STDIO else str(job.input)
+        return str(e) if where in str(e) or (job.output and str(job.output) in str(e)) else f"{where}: {e}"
     if isinstance(e, OSError):  # disk full, permission denied on the output directory, ...
         return f"{job.output or job.input}: {e.strerror or e}"
     raise e

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import NonFiniteError, UsageError
+from .errors import InputError, NonFiniteError, UsageError
 from .models import FAMILIES, FamilySpec
 from .registry import ModelEntry
 from .tiling import AxisTile, TilePlan, plan_tiles, plan_within_area, run_tiled, tile_overlap
@@ -51,6 +51,18 @@ def tile_memory_budget(pixels: int = 0, reserved_mb: float = 0.0) -> int:
     if not mb > 0:
         raise UsageError(f"{TILE_MEMORY_ENV}={raw!r}: expected a positive number of megabytes")
     return int(mb * 2**20)
+
+
+def available_memory() -> int | None:
+    """Bytes the kernel says can be allocated without swapping (Linux ``MemAvailable``); None elsewhere."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def min_tile_size(family: str) -> int:
@@ -201,8 +213,27 @@ class LoadedModel:
             top, _, left, _ = self._frame(h, w)
             return run_tiled(plan, tile, out, offset=(top, left), progress=progress)
 
+    def check_fits(self, height: int, width: int) -> None:
+        """A family that never tiles needs its whole activations at once: refuse, before any work, an
+        image whose estimate exceeds the memory this machine has free (the kernel would kill the process)."""
+        if self.spec.tileable or self.device.type != "cpu":
+            return
+        free = available_memory()
+        if free is None:
+            return
+        h, w = (size + sum(_pad_amounts(size, self.spec)) for size in (height, width))
+        need = self.spec.activation_bytes(self.module.config) * h * w + self.spec.workspace_mb(self.module.config) * 2**20
+        need += _RUNTIME_MB * 2**20 + _IMAGE_BYTES_PER_PIXEL * height * width
+        if need > free:
+            raise InputError(
+                f"a {width}x{height} image needs about {need / 2**30:.1f} GiB with {self.entry.name}, which never tiles "
+                f"(it sees the whole image at once); this machine has {free / 2**30:.1f} GiB free: downscale the image "
+                "or use a model that tiles (`lle models list`)"
+            )
+
     def enhance(self, rgb: np.ndarray) -> np.ndarray:
         """(H, W, 3) float32 in [0, 1] -> enhanced (H, W, 3) float32 in [0, 1]; tiled when it is large."""
+        self.check_fits(*rgb.shape[:2])
         plan = self.tile_plan(*rgb.shape[:2])
         if plan is not None:
             return self.enhance_tiled(rgb, plan)
