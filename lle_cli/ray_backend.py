@@ -184,7 +184,7 @@ def run_on_ray(parallel: Any, spec: Any, task: Callable, items: Sequence[Any], *
     threads = parallel.threads or 1
     local = parallel.ray == "local"
     # a local cluster gets exactly the CPUs its actors need (default: every core, one actor per thread group)
-    workers = (parallel.workers or max(1, (os.cpu_count() or 1) // threads)) if local else parallel.workers
+    workers = (parallel.workers or max(1, available_cpus() // threads)) if local else parallel.workers
     with cluster(parallel.ray, cpus=(workers or 1) * threads if local else None) as ray:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         use_gpu = gpus > 0 and not spec.device.startswith("cpu")

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ._threads import available_cpus
 from .errors import LLEError, UsageError, WeightsError
 from .worker_tasks import (
     EnhanceTask,
@@ -61,7 +62,7 @@ class ParallelSpec:
 
     def pool_size(self) -> tuple[int, int]:
         """(workers, threads) for a local process pool."""
-        cores = os.cpu_count() or 1
+        cores = available_cpus()
         workers = self.workers or max(1, cores // (self.threads or 1))
         threads = self.threads or max(1, cores // workers)
         return workers, threads

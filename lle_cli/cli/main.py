@@ -9,6 +9,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from .. import __version__
+from .._threads import prepare_process
 from ..errors import LLEError
 from ._common import (
     error,
@@ -95,6 +96,7 @@ def _error(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 failure, 2 usage error, 130 interrupted)."""
+    prepare_process()  # thread count and OpenMP's idle policy, read when torch loads
     try:
         rv = app(args=argv, prog_name="lle", standalone_mode=False)
     except typer.Exit as e:
