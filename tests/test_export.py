@@ -37,6 +37,7 @@ SMALL: dict[str, dict] = {
     "iat": {"local_width": 8, "local_blocks": 1, "global_width": 16, "global_heads": 2},
     "cidnet": {"channels": [8, 8, 16, 32], "heads": [1, 2, 4, 8]},
     "sci": {},
+    "retinexformer": {"n_feat": 8, "num_blocks": [1, 1, 1]},
     "llflow": {"nf": 8, "nb": 2, "gc": 8, "K": 2, "hidden_channels": 8, "stack_blocks": [1], "coupling": "rqs"},
 }
 SIZES = [(29, 43), (48, 36)]  # odd, and a multiple of 12 and 16: both padding paths of every family
