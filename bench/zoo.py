@@ -198,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     env = environment(protocol=PROTOCOL, repeats=args.repeats)
     previous = {} if args.fresh or not args.json.is_file() else json.loads(args.json.read_text()).get("results", {})
+    if not args.fresh and args.figures and Path(args.figures).is_file():
+        # rows measured on an earlier machine whose full JSON is gone: kept for the models not measured now
+        # (a model named in --models, or one without a full row, is measured again)
+        for name, row in json.loads(Path(args.figures).read_text()).get("models", {}).items():
+            previous.setdefault(name, {"name": name, **row, "from_figures": True})
     registry = get_registry()
     names = args.models or list(registry.models)
     unknown = [n for n in names if n not in registry.models and n != "input"]
@@ -228,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         sha = sha256_file(weights) if weights else entry.embedded_sha256
         done = previous.get(name)
-        if done and "skipped" not in done and "error" not in done and done.get("weights_sha256") == sha:
+        if done and "skipped" not in done and "error" not in done and (done.get("weights_sha256") == sha or (done.get("from_figures") and not args.models)):
             print(f"{name}: measured before (resuming; --fresh to redo)", flush=True)
             continue
         print(f"measuring {name} ({source})", flush=True)

@@ -34,7 +34,7 @@ def test_whole_image_family_refuses_what_would_not_fit(iat_weights, monkeypatch)
 
 def test_tileable_families_are_never_refused(monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(runner, "available_memory", lambda: 1)
-    model = api.load_model()  # the embedded default tiles
+    model = api.load_model("zero-dce.lle-sice")  # embedded, and tiles
     assert runner.FAMILIES[model.entry.family].tileable
     assert model.enhance(np.full((32, 32, 3), 0.2, dtype=np.float32)).shape == (32, 32, 3)
 
