@@ -323,7 +323,8 @@ def _failed(job: Job, e: Exception) -> str:
     if isinstance(e, LLEError):
         # a model's refusal (non-finite output, too large to run whole) does not know the file: name it
         where = "<stdin>" if job.input == STDIO else str(job.input)
-        return str(e) if where in str(e) or (job.output and str(job.output) in str(e)) else f"{where}: {e}"
+        named = (where, Path(where).name, *((str(job.output), Path(str(job.output)).name) if job.output else ()))
+        return str(e) if any(n and n in str(e) for n in named) else f"{where}: {e}"
     if isinstance(e, OSError):  # disk full, permission denied on the output directory, ...
         return f"{job.output or job.input}: {e.strerror or e}"
     raise e

@@ -298,8 +298,9 @@ def test_llflow_tiles_keep_the_16_pixel_grid(tile, monkeypatch) -> None:
 def test_cli_tile_option(tmp_path, rng, capsys) -> None:
     src = tmp_path / "a.png"
     Image.fromarray((dim_photo(rng, 70, 90) * 255).astype(np.uint8)).save(src)
-    assert main(["enhance", str(src), "-o", str(tmp_path / "tiled.png"), "--tile", "48", "-q"]) == 0
-    assert main(["enhance", str(src), "-o", str(tmp_path / "whole.png"), "--tile", "0", "-q"]) == 0
+    tiles = ["-m", "zero-dce.lle-sice"]  # a family that tiles (the default, IAT, sees the whole image)
+    assert main(["enhance", str(src), "-o", str(tmp_path / "tiled.png"), "--tile", "48", "-q", *tiles]) == 0
+    assert main(["enhance", str(src), "-o", str(tmp_path / "whole.png"), "--tile", "0", "-q", *tiles]) == 0
     a = np.asarray(Image.open(tmp_path / "tiled.png"), dtype=np.int16)
     b = np.asarray(Image.open(tmp_path / "whole.png"), dtype=np.int16)
     assert np.abs(a - b).max() <= 1

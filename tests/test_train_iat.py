@@ -127,3 +127,10 @@ def test_cli_trains_and_prints_the_weights_path(data, tmp_path, capsys) -> None:
     assert code == 0 and capsys.readouterr().out.strip() == str(out) and out.is_file()
     code = main(["train", "iat", "-o", str(out), "--real", str(real), "--steps", "2", "--quiet"])
     assert code != 0 and "already exists" in capsys.readouterr().err
+
+
+def test_cli_defaults_are_the_trainer_defaults() -> None:
+    from lle_cli.cli import train_iat as cli
+
+    d = IATTrainConfig()
+    assert (cli._STEPS, cli._BATCH, cli._CROP, cli._LR, cli._P_REAL, cli._P_SYNTH) == (d.steps, d.batch_size, d.crop, d.lr, d.p_real, d.p_synth)

@@ -17,7 +17,7 @@ from ._common import DeviceOpt, QuietOpt, err_console, show_progress
 from .train_guided import OverwriteOpt, ResumeOpt, RunDirOpt, _check_output, _log
 
 # the defaults of IATTrainConfig (kept here so that `lle --help` does not import the trainer)
-_STEPS, _BATCH, _CROP, _LR, _P_REAL, _P_SYNTH = 6000, 8, 128, 4e-4, 0.5, 0.3
+_STEPS, _BATCH, _CROP, _LR, _P_REAL, _P_SYNTH = 4000, 8, 96, 4e-4, 0.5, 0.3
 
 
 def iat(
@@ -35,6 +35,8 @@ def iat(
     val_every: Annotated[int, typer.Option("--val-every", min=1)] = 250,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=1)] = 250,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    highlight_weight: Annotated[float, typer.Option("--highlight-weight", min=0.0, help="Penalty on colours mixed past white before IAT's clamp (keeps highlights).")] = 1.0,
+    init_weights: Annotated[Optional[Path], typer.Option("--init-weights", help="Start from these IAT weights (fine-tuning) instead of a fresh model.")] = None,
     run_dir: RunDirOpt = None,
     resume: ResumeOpt = None,
     device: DeviceOpt = "cpu",
@@ -46,13 +48,14 @@ def iat(
 
     _check_output(output, overwrite)
     cfg = IATTrainConfig(steps=steps, batch_size=batch_size, crop=crop, lr=lr, p_real=p_real, p_synth=p_synth,
-                         val_pairs=val_pairs, val_every=val_every, checkpoint_every=checkpoint_every, seed=seed)
+                         val_pairs=val_pairs, val_every=val_every, checkpoint_every=checkpoint_every, seed=seed,
+                         highlight_weight=highlight_weight)
     columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console, disable=not show_progress(quiet, False)) as bar:
         task = bar.add_task("train", total=steps, loss=float("nan"))
         result = train_iat(
-            real, list(photos or []), output, cfg, val_photos=val_photos, run_dir=run_dir, resume=resume,
+            real, list(photos or []), output, cfg, val_photos=val_photos, init_weights=init_weights, run_dir=run_dir, resume=resume,
             device=select_device(device), log=_log(quiet),
             progress=lambda s, n, loss: bar.update(task, completed=s, total=n, loss=loss),
         )

@@ -13,8 +13,11 @@ here mixes three kinds of pairs, drawn per item with the probabilities of the co
 * **identity** (the rest): a well-exposed crop whose target is itself, which teaches IAT's per-image
   gamma and colour matrix to leave a photo alone when it needs nothing.
 
-Loss per item: ``L1 + ssim_weight * (1 - SSIM)`` (SSIM with an 11-px Gaussian window, sigma 1.5, on
-each channel, Wang et al. 2004), on crops with random flips and transposes. Adam with cosine decay
+Loss per item: ``L1 + ssim_weight * (1 - SSIM) + highlight_weight * mean(relu(M local - 1))`` (SSIM
+with an 11-px Gaussian window, sigma 1.5, on each channel, Wang et al. 2004), on crops with random
+flips and transposes. The last term is why the photo model keeps highlights: IAT clamps its colour
+mix ``M local`` to [0, 1] before the gamma, and a clamped pixel passes no gradient, so without it a
+pixel pushed past white is never pulled back; light sources and bright skies were blown out. Adam with cosine decay
 of the learning rate; checkpoints every ``checkpoint_every`` steps resume exactly (stateless
 per-step randomness, ``train.common``). Validation (held-out real pairs and identity crops) is
 logged to ``metrics.jsonl`` so the run can be judged while it runs.
@@ -54,14 +57,15 @@ PHOTO_DEGRADE = DegradeSpec(exposure_range=(0.004, 0.6))
 class IATTrainConfig:
     """Hyper-parameters; the defaults trained the embedded ``iat.lle-photo`` model."""
 
-    steps: int = 6000
+    steps: int = 4000
     batch_size: int = 8
-    crop: int = 128
+    crop: int = 96
     lr: float = 4e-4
     min_lr: float = 1e-6
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
     ssim_weight: float = 0.3
+    highlight_weight: float = 1.0  # penalty on the colour mix beyond white, before IAT's clamp
     p_real: float = 0.5
     p_synth: float = 0.3  # the rest are identity pairs
     val_pairs: int = 8  # real pairs held out of training for validation (the last ones by name)
@@ -198,13 +202,15 @@ def train_iat(
     cfg: IATTrainConfig | None = None,
     *,
     val_photos: Path | None = None,
+    init_weights: Path | None = None,
     **run: Any,
 ) -> TrainResult:
     """Train from scratch (or resume) and write the final weights to ``output`` (safetensors).
 
     ``real``: a folder with ``low/`` and ``high/`` of real pairs (its last ``val_pairs`` names are
     held out); ``photos``: folders of well-exposed photos (synthetic and identity pairs);
-    ``val_photos``: a folder of well-exposed photos never trained on, for the identity validation.
+    ``val_photos``: a folder of well-exposed photos never trained on, for the identity validation;
+    ``init_weights``: start from these IAT weights (a fine-tuning stage) instead of a fresh model.
     ``run``: the run options every trainer takes (``train.common.RunOptions``).
     """
     cfg = cfg or IATTrainConfig()
@@ -225,7 +231,13 @@ def train_iat(
         val_ph = [_read(p) for p in val_files]
         say(f"IAT: {len(train_pairs)} real pairs ({len(val_pairs)} held out), {len(photo_files)} photos, {cfg.steps} steps")
         torch.manual_seed(cfg.seed)
-        model = IAT(cfg.model).to(dev).train()
+        model = IAT(cfg.model)
+        if init_weights is not None and ck is None:
+            from ..models import load_state_strict
+            from ..weights import load_upstream_checkpoint
+
+            load_state_strict(model, load_upstream_checkpoint(Path(init_weights)), source=str(init_weights))
+        model = model.to(dev).train()
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         start_step = resume_training(ck, "iat", model, opt, say)
         log = MetricsLog(run_dir / "metrics.jsonl", enabled=d.is_main, resume_step=start_step if ck else None)
@@ -240,9 +252,14 @@ def train_iat(
             items = [data.item(g, int(torch.randint(0, 2**31 - 1, (1,), generator=g))) for _ in range(local_batch)]
             x = torch.stack([a for a, _, _ in items]).to(dev)
             y = torch.stack([b for _, b, _ in items]).to(dev)
-            pred = model(x)
+            out = model.forward_all(x)
+            pred = out.enhanced
             l1 = (pred - y).abs().mean(dim=(1, 2, 3))
             loss = (l1 + cfg.ssim_weight * ssim_loss(pred, y)).mean()
+            if cfg.highlight_weight:
+                local = model.network_input(x).mul(out.mul).add(out.add)
+                mixed = torch.einsum("bkhw,bck->bchw", local, out.color)
+                loss = loss + cfg.highlight_weight * torch.relu(mixed - 1).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -265,7 +282,7 @@ def train_iat(
                 prune_checkpoints(run_dir / "checkpoints", cfg.keep_checkpoints)
         seconds = time.perf_counter() - t0
         recipe = {
-            "config": config, "real": str(real) if real else None, "photos": [str(p) for p in photos],
+            "config": config, "init_weights": str(init_weights) if init_weights else None, "real": str(real) if real else None, "photos": [str(p) for p in photos],
             "real_pairs": len(train_pairs), "held_out_pairs": [a.name for a, _ in val_pairs], "photo_images": len(photo_files),
             "seconds": round(seconds, 1), "resumed_from": start_step or None,
         }
