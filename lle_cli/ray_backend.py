@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from ._threads import available_cpus
 from .errors import LLEError
 from .worker_tasks import worker_tile_budget
 
