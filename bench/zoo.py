@@ -49,7 +49,7 @@ from lle_cli import api  # noqa: E402
 from lle_cli.errors import LLEError  # noqa: E402
 from lle_cli.evaluate import evaluate_model, evaluate_predictions  # noqa: E402
 from lle_cli.imageio import read_image  # noqa: E402
-from lle_cli.loading import embedded_path  # noqa: E402
+from lle_cli.loading import embedded_path, import_checkpoints  # noqa: E402
 from lle_cli.registry import ModelEntry, get_registry  # noqa: E402
 from lle_cli.weights import sha256_file  # noqa: E402
 
@@ -70,6 +70,14 @@ def upstream_by_sha256() -> dict[str, Path]:
     return {sha256_file(p): p for p in sorted(UPSTREAM_DIR.rglob("*")) if p.is_file() and p.suffix in (".pth", ".pt", ".ckpt", ".safetensors")}
 
 
+def _private_cache() -> None:
+    """Models imported for a measurement go to a temporary LLE_HOME, not the user's cache."""
+    if not os.environ.get("LLE_BENCH_HOME"):
+        import tempfile
+
+        os.environ["LLE_BENCH_HOME"] = os.environ["LLE_HOME"] = tempfile.mkdtemp(prefix="lle-zoo-")
+
+
 def weights_for(entry: ModelEntry, upstream: dict[str, Path]) -> tuple[Path | None, str, str | None]:
     """(file to pass as --weights or None for the embedded weights, description, why skipped or None)."""
     if embedded_path(entry) is not None:
@@ -77,9 +85,25 @@ def weights_for(entry: ModelEntry, upstream: dict[str, Path]) -> tuple[Path | No
     if entry.upstream and entry.upstream.sha256 and entry.upstream.sha256 in upstream:
         path = upstream[entry.upstream.sha256]
         return path, f"upstream {path.relative_to(UPSTREAM_DIR)}", None
+    if entry.components:  # several authors' files: imported into this run's private cache, loaded from there
+        missing = [c.filename for c in entry.components if c.sha256 not in upstream]
+        if missing:
+            return None, "", f"the authors' files {', '.join(missing)} are not in {UPSTREAM_DIR}"
+        _private_cache()
+        import_checkpoints([upstream[c.sha256] for c in entry.components])
+        return None, "upstream " + ", ".join(upstream[c.sha256].relative_to(UPSTREAM_DIR).as_posix() for c in entry.components), None
     if entry.upstream and entry.upstream.sha256:
         return None, "", f"the authors' file (sha256 {entry.upstream.sha256[:12]}) is not in {UPSTREAM_DIR}"
     return None, "", "no embedded weights and no authors' file with a known sha256"
+
+
+def weights_digest(entry: ModelEntry, weights: Path | None) -> str | None:
+    """What identifies the measured weights: the file's sha256, the embedded one, or the components'."""
+    if weights is not None:
+        return sha256_file(weights)
+    if entry.components:
+        return ",".join(c.sha256 or "" for c in entry.components)
+    return entry.embedded_sha256
 
 
 def seconds_per_image(model: Any, repeats: int) -> float:
@@ -129,7 +153,7 @@ def measure_model(entry: ModelEntry, weights: Path | None, source: str, repeats:
     model = api.load_model(entry.name, weights=weights, device="cpu", precision="fp32", offline=True)
     params = sum(p.numel() for p in model.module.parameters())
     lol = evaluate_model(model, LOL_LOW, LOL_HIGH, PROTOCOL)
-    row = {"name": entry.name, "weights": source, "weights_sha256": sha256_file(weights) if weights else entry.embedded_sha256,
+    row = {"name": entry.name, "weights": source, "weights_sha256": weights_digest(entry, weights),
            "parameters": params, "parameters_manifest": entry.parameters,
            "lol_psnr": _clean(lol.mean["psnr"]), "lol_ssim": _clean(lol.mean["ssim"]),
            "lol_niqe": _clean(lol.mean["niqe"]), "lol_failed": len(lol.failures), "images_lol": _images(lol)}
@@ -231,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skip {name}: {why}", flush=True)
             save()
             continue
-        sha = sha256_file(weights) if weights else entry.embedded_sha256
+        sha = weights_digest(entry, weights)
         done = previous.get(name)
         if done and "skipped" not in done and "error" not in done and (done.get("weights_sha256") == sha or (done.get("from_figures") and not args.models)):
             print(f"{name}: measured before (resuming; --fresh to redo)", flush=True)
