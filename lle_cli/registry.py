@@ -57,21 +57,21 @@ class UpstreamLocation:
     kind: str
     url: str
 
+    def _hub_parts(self, kind: str, pattern: re.Pattern[str], what: str) -> tuple[str, str, str]:
+        m = pattern.fullmatch(self.url)
+        if self.kind != kind or m is None:
+            raise ValueError(f"{self.url} is not a Hugging Face {what} address")
+        return m.group(1), unquote(m.group(2)), unquote(m.group(3))
+
     @property
     def space(self) -> tuple[str, str, str]:
         """``(repo_id, revision, filename)`` of a ``hub-space`` location."""
-        m = _SPACE_URL.fullmatch(self.url)
-        if self.kind != "hub-space" or m is None:
-            raise ValueError(f"{self.url} is not a Hugging Face Space file address")
-        return m.group(1), unquote(m.group(2)), unquote(m.group(3))
+        return self._hub_parts("hub-space", _SPACE_URL, "Space file")
 
     @property
     def hub_file(self) -> tuple[str, str, str]:
         """``(repo_id, revision, filename)`` of a ``hub`` location (a file of a model repository)."""
-        m = _HUB_FILE_URL.fullmatch(self.url)
-        if self.kind != "hub" or m is None:
-            raise ValueError(f"{self.url} is not a Hugging Face model-repository file address")
-        return m.group(1), unquote(m.group(2)), unquote(m.group(3))
+        return self._hub_parts("hub", _HUB_FILE_URL, "model-repository file")
 
     @property
     def host(self) -> str:
