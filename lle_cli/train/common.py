@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 import os
 import re
@@ -63,6 +64,7 @@ __all__ = [
     "save_trained_weights",
     "load_images_resized",
     "augment_batch",
+    "optimise",
     "ProgressFn",
     "RunOptions",
     "LogFn",
@@ -196,6 +198,22 @@ def batch_indices(n: int, step: int, batch: int, seed: int, d: Dist = Dist(), st
         sel = epochs == e
         out[sel] = perm[pos[sel] % n]
     return out
+
+
+def optimise(
+    opt: torch.optim.Optimizer, loss: torch.Tensor, step: int, *, clip: Iterable[nn.Parameter] | None = None, max_norm: float = 0.0
+) -> float:
+    """One optimiser step on ``loss`` (gradient norm of ``clip`` clipped to ``max_norm`` when given);
+    the loss's value, or ``FloatingPointError`` once it is not finite (nothing more is trained)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(clip, max_norm)
+    opt.step()
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise FloatingPointError(f"training diverged at step {step} (loss {value}); lower --lr")
+    return value
 
 
 # ---- checkpoints ------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from ..formats import list_image_files
 from ..imageio import read_rgb8
 from ..models.iat import IAT, IATConfig
 from .common import (
+    optimise,
     MetricsLog, RunOptions, TrainResult, checkpoint_path, jsonable, open_run, prune_checkpoints,
     resume_training, run_distributed, save_checkpoint, save_trained_weights, step_generator,
 )
@@ -260,13 +261,7 @@ def train_iat(
                 local = model.network_input(x).mul(out.mul).add(out.add)
                 mixed = torch.einsum("bkhw,bck->bchw", local, out.color)
                 loss = loss + cfg.highlight_weight * torch.relu(mixed - 1).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f"training diverged at step {step} (loss {loss_value}); lower --lr")
+            loss_value = optimise(opt, loss, step, clip=model.parameters(), max_norm=cfg.grad_clip)
             window.append(loss_value)
             if progress is not None:
                 progress(step, cfg.steps, loss_value)

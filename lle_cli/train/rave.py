@@ -32,6 +32,7 @@ from ..losses_clip import identity_loss, residual_loss
 from ..models.illumination_unet import IlluminationUNet, IlluminationUNetConfig
 from ..residual import ResidualVector, residual_from_folders, save_residual
 from .common import (
+    optimise,
     Dist, MetricsLog, RunOptions, TrainResult, all_reduce_mean, augment_batch, barrier, batch_indices,
     checkpoint_path, jsonable, load_images_resized, open_run, prune_checkpoints, resume_training, run_distributed,
     save_checkpoint, save_trained_weights, step_generator, wrap_ddp,
@@ -219,12 +220,7 @@ def _train(backlit, welllit, cfg, output, run_dir, resume, d, dev, local_batch, 
             ident = w.identity_scale * identity_term(idclip, enhanced, x, w.identity_layers)
             res = w.residual_scale * residual_loss(clip.encode_images(enhanced), v_res, thr)
             loss = w.omega * res + w.identity_weight * ident
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"training diverged at step {step} (loss {loss_value}); lower --lr")
+        loss_value = optimise(opt, loss, step)
         if step % cfg.log_every == 0 or step == cfg.steps or step == start + 1:
             loss_value = all_reduce_mean(loss_value, d, dev)
             metrics.write(step, loss=loss_value, identity=all_reduce_mean(float(ident.detach()), d, dev),

@@ -50,6 +50,7 @@ from ..losses_scl import (
 from ..models.zero_dce import ZeroDCE, ZeroDCEConfig
 from ..weights import clean_state_dict, load_safetensors, sha256_file
 from .common import (
+    optimise,
     MetricsLog, RunOptions, all_reduce_mean, barrier, batch_indices, checkpoint_path, jsonable, open_run,
     prune_checkpoints, read_rgb, resume_training, run_distributed, save_checkpoint, save_trained_weights, step_generator,
     wrap_ddp,
@@ -426,13 +427,7 @@ def _train(images, positives, negatives, labels, cfg, output, run_dir, resume, d
                 logits = seg((enhanced - vgg.mean) / vgg.std)["out"]
                 parts["segmentation"] = segmentation_cross_entropy(logits, y)
         loss = sum(getattr(w, k) * v for k, v in parts.items())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        opt.step()
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"training diverged at step {step} (loss {loss_value}); lower --lr")
+        loss_value = optimise(opt, loss, step, clip=net.parameters(), max_norm=cfg.grad_clip)
         if step % cfg.log_every == 0 or step == cfg.steps or step == start + 1:
             loss_value = all_reduce_mean(loss_value, d, dev)
             metrics.write(step, loss=loss_value, **{k: all_reduce_mean(float(v.detach()), d, dev) for k, v in parts.items()})

@@ -24,6 +24,7 @@ from ..imageio import read_rgb8
 from ..losses import ZeroReferenceWeights, zero_reference_loss
 from ..models.zero_dce import ZeroDCE, ZeroDCEConfig
 from ..weights import save_safetensors
+from .common import optimise
 
 __all__ = ["ZeroDCETrainConfig", "TrainResult", "train_zero_dce", "load_training_images"]
 
@@ -112,13 +113,7 @@ def train_zero_dce(
         x = _batch(images, cfg, g).to(device)
         _, enhanced, curves = model.forward_all(x)
         loss, _parts = zero_reference_loss(x, enhanced, curves, cfg.losses)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"training diverged at step {step} (loss {loss_value}); lower --lr")
+        loss_value = optimise(opt, loss, step, clip=model.parameters(), max_norm=cfg.grad_clip)
         if progress is not None:
             progress(step, cfg.steps, loss_value)
     seconds = time.perf_counter() - start
