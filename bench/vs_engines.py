@@ -17,7 +17,14 @@ input run through these contenders, all with ``--threads`` threads (default 2):
   reshaped to the image's static size first (OpenVINO compiles faster kernels for static shapes).
 * **openvino default**: the same without the hint: the plugin's default precision (bf16 on a CPU
   with AVX512-BF16 or AMX, as the JSON records), which trades accuracy for speed.
-* **lle bf16**: ``enhance_tensor`` under ``torch.autocast("cpu", torch.bfloat16)``.
+* **lle bf16**: ``enhance_tensor`` under ``torch.autocast("cpu", torch.bfloat16)`` (what
+  ``--precision auto`` runs for the families bench/precision.py found within one level);
+* **lle --runtime onnx / openvino**: ``lle_cli.engines.EngineModel`` on the same file (its own
+  session options: ONNX Runtime without the memory arena, OpenVINO fp32 compiled per image size), as
+  ``lle enhance --runtime`` runs it; not for the flows, which run in PyTorch only.
+
+The closing summary (``verdicts`` in the JSON) takes, for each family and size, lle's fastest way to run
+it (PyTorch or one of its runtimes) and divides each fp32 engine's time by it.
 
 Network time only: for LLFlow every contender gets the prepared network input ``lq`` (padding, log
 image, histogram equalisation are outside the ONNX graph, see the export's sidecar) and decodes the
@@ -68,7 +75,7 @@ from lle_cli.runner import LoadedModel  # noqa: E402
 
 DEFAULT_JSON = ROOT / "bench" / "results" / "vs_engines.json"
 DEFAULT_SIZES = "600x400,2048x1536"
-DEFAULT_FAMILIES = ["zero_dce", "illumination_unet", "llflow"]
+DEFAULT_FAMILIES = ["iat", "zero_dce", "illumination_unet", "llflow"]
 # LLFlow: the embedded model with real weights (the published ones are not in ../shared), whose
 # spline couplings are the flow ops an engine must fuse
 PREFERRED = {"llflow": "llflow.lle-synth-rqs"}
@@ -127,6 +134,16 @@ class Case:
                 with ctx():
                     return model.enhance_tensor(self.x)[0].numpy()
         return run
+
+    def runtime(self, engine: str) -> Run:
+        """``lle enhance --runtime onnx|openvino``: lle's EngineModel (its padding, the engine, the checks)
+        on the same exported file, from the (H, W, 3) image lle's batch hands it."""
+        from lle_cli.engines import EngineModel
+
+        sidecar = json.loads(self.path.with_name(self.path.name + ".json").read_text())
+        model = EngineModel(self.model.entry, engine, self.path, sidecar, self.model.weights_source, threads=self.threads)
+        rgb = self.x[0].permute(1, 2, 0).numpy()
+        return lambda: model.enhance(rgb).transpose(2, 0, 1)
 
     def eager(self) -> Run:
         net = (_FlowGraph if self.flow else _ImageGraph)(exportable_module(self.model.module)).eval()
@@ -221,6 +238,10 @@ def bench_case(model: LoadedModel, onnx_path: Path, width: int, height: int, thr
         builders["openvino fp32"] = lambda: case.openvino("f32")
         builders["openvino default"] = lambda: case.openvino(None)
     builders["lle bf16"] = lambda: (case.lle(autocast=True), "bfloat16 (autocast)")
+    if not case.flow:  # `lle enhance --runtime onnx|openvino` (the flows run in PyTorch only)
+        builders["lle --runtime onnx"] = lambda: (case.runtime("onnx"), "float32")
+        if openvino:
+            builders["lle --runtime openvino"] = lambda: (case.runtime("openvino"), "float32")
     lle = case.lle()
     ref = lle()  # warm-up, and the reference output
     lle_times: list[float] = []
@@ -254,6 +275,28 @@ def bench_case(model: LoadedModel, onnx_path: Path, width: int, height: int, thr
                "max_abs_diff": 0.0, "finite": True, **levels(ref, ref)}
     common = {"family": model.entry.family, "model": model.name, "weights": model.weights_source, "size": f"{width}x{height}"}
     return [{**common, **r} for r in [lle_row, *rows]]
+
+
+LLE_WAYS = ("lle", "lle --runtime onnx", "lle --runtime openvino")  # what `lle enhance` can run a family with
+ENGINES_FP32 = ("onnxruntime", "openvino fp32")
+
+
+def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per family and size: lle's fastest way (PyTorch or one of its runtimes) against each fp32 engine,
+    ``ratio`` = engine median / that way's median, both as measured beside the same lle PyTorch runs
+    (each median scaled by its own interleaved lle runs, so the load each saw cancels out)."""
+    out = []
+    for key in dict.fromkeys((r["family"], r["size"]) for r in rows):
+        case = [r for r in rows if (r["family"], r["size"]) == key]
+        base = {r["contender"]: r["median_s"] / r["lle_median_s"] for r in case if r.get("lle_median_s")}
+        base["lle"] = 1.0
+        ways = {k: v for k, v in base.items() if k in LLE_WAYS}
+        best = min(ways, key=ways.get)
+        for engine in ENGINES_FP32:
+            if engine in base:
+                out.append({"family": key[0], "size": key[1], "engine": engine, "lle_way": best,
+                            "ratio": round(base[engine] / ways[best], 3)})
+    return out
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -336,6 +379,10 @@ def main(argv: list[str] | None = None) -> int:
                    "other jobs shared the machine, so times are slower and noisier than on a quiet one")
     print_table(rows)
     print(env["note"])
+    summary = verdicts(rows)
+    print("\nfastest way lle runs each family against the fp32 engines (ratio = engine time / lle's; >= 1: lle as fast or faster)")
+    for v in summary:
+        print(f"  {v['family']:18s} {v['size']:>10s}  {v['engine']:14s} vs {v['lle_way']:24s} {v['ratio']:.3f}")
     runs = [env]
     if args.append and args.json.is_file():
         old = json.loads(args.json.read_text())
@@ -343,7 +390,11 @@ def main(argv: list[str] | None = None) -> int:
         rows = [r for r in old["results"] if (r["family"], r["size"]) not in done] + rows
         previous = old["environment"]
         runs = (previous if isinstance(previous, list) else [previous]) + runs
-    write_results(args.json, runs[0] if len(runs) == 1 else runs, rows)
+    env_out = runs[0] if len(runs) == 1 else runs
+    write_results(args.json, env_out, rows)
+    data = json.loads(args.json.read_text())
+    data["verdicts"] = verdicts(rows)
+    args.json.write_text(json.dumps(data, indent=2) + "\n")
     return 0
 
 

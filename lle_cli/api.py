@@ -8,28 +8,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import cache
-from .device import select_device, select_dtype
-from .download import ProgressFn
 from .errors import UsageError
-from .loading import (
-    ExportResult,
-    FetchResult,
-    VerifyResult,
-    export_weights,
-    fetch_weights,
-    import_checkpoint,
-    import_checkpoints,
-    load_weights,
-    remove_weights,
-    verify_weights,
-)
-from .models import FAMILIES, build_model, load_state_strict
 from .registry import ModelEntry, get_registry
-from .runner import LoadedModel, min_tile_size
+
+if TYPE_CHECKING:  # the model code (PyTorch) is imported by the functions that need it: `lle enhance
+    # --runtime onnx` and `lle --help` never do
+    from .download import ProgressFn
+    from .loading import ExportResult, FetchResult, VerifyResult
+    from .runner import LoadedModel
 
 __all__ = [
     "check_options",
@@ -68,6 +59,8 @@ def download_model(
     name: str, *, offline: bool = False, force: bool = False, progress: ProgressFn | None = None
 ) -> FetchResult:
     """Put the model's verified weights in the cache (hub first, then the authors' file); no-op if there."""
+    from .loading import fetch_weights
+
     return fetch_weights(get_registry().resolve(name), offline=offline, force=force, progress=progress)
 
 
@@ -79,6 +72,8 @@ def pinned_sha256(name: str) -> str | None:
 
 def verify_models(names: list[str] | None = None) -> list[VerifyResult]:
     """Re-hash the embedded and cached weights of ``names`` (default: every model)."""
+    from .loading import verify_weights
+
     reg = get_registry()
     entries = [reg.resolve(n) for n in names] if names else list_models()
     return verify_weights(entries)
@@ -86,6 +81,8 @@ def verify_models(names: list[str] | None = None) -> list[VerifyResult]:
 
 def remove_model(name: str) -> list[Path]:
     """Delete a model's cached weights (not the hub cache's copy); the paths removed."""
+    from .loading import remove_weights
+
     return remove_weights(get_registry().resolve(name))
 
 
@@ -93,6 +90,8 @@ def export_model(
     name: str, directory: str | Path, *, overwrite: bool = False, offline: bool = False, progress: ProgressFn | None = None
 ) -> ExportResult:
     """Write the model's safetensors and its hub repo's model card (README.md) into ``directory``."""
+    from .loading import export_weights
+
     return export_weights(get_registry().resolve(name), Path(directory), overwrite=overwrite, offline=offline, progress=progress)
 
 
@@ -102,6 +101,10 @@ def check_options(name: str | None = None, *, tile: int | None = None, device: s
     ``tile``: 0 or None, or at least the smallest tile the family's halo allows (two overlaps),
     below which every tile would be mostly margin and a run many times slower.
     """
+    from .device import select_device, select_dtype
+    from .models import FAMILIES
+    from .runner import min_tile_size
+
     entry = get_registry().resolve(name)
     select_dtype(precision, select_device(device))
     if tile is None or tile == 0:
@@ -134,18 +137,27 @@ def load_model(
     ``HF_HUB_OFFLINE=1``); ``progress(label, done, total)`` is called as bytes arrive.
     ``tile``: None tiles large images automatically (budget ``$LLE_TILE_MEMORY_MB``), 0 never, N px tiles.
     """
+    import torch
+
+    from .device import select_device, select_dtype
+    from .loading import load_weights
+    from .models import FAMILIES, build_model, load_state_strict
+    from .runner import LoadedModel
+
     entry = get_registry().resolve(name)
     check_options(entry.name, tile=tile, device=device, precision=precision)
     dev = select_device(device)
-    dtype = select_dtype(precision, dev)
+    dtype = select_dtype(precision, dev, entry.family)
+    # auto's bf16 on a CPU is autocast (weights kept in float32): what bench/precision.py measured
+    autocast = dev.type == "cpu" and dtype == torch.bfloat16 and (precision or "auto").lower() == "auto"
     state, source = load_weights(entry, Path(weights) if weights else None, offline=offline, progress=progress)
     module = build_model(entry.family, entry.architecture)
     load_state_strict(module, state, source=source)
-    module.eval().to(dev, dtype)
+    module.eval().to(dev, torch.float32 if autocast else dtype)
     from ._cpu import prepare_for_inference  # channels-last on the CPU (bench/vs_official.py)
 
     prepare_for_inference(module, FAMILIES[entry.family].channels_last, dev)
-    return LoadedModel(entry, module, dev, dtype, source, tile=tile)
+    return LoadedModel(entry, module, dev, dtype, source, tile=tile, autocast=autocast)
 
 
 def enhance_array(model: LoadedModel, rgb: np.ndarray) -> np.ndarray:
@@ -219,6 +231,7 @@ def residual_tokens(
     applies Eq. 15-16 first, ``save`` writes the vector. ``clip`` is an ``lle_cli.clip.ClipSpec``;
     ``progress(stage, done, total)`` reports the embedding of images and of the vocabulary."""
     from .clip import load_clip
+    from .device import select_device
     from .residual import load_residual, residual_from_folders, save_residual, shifted, token_report
 
     model = load_clip(clip, device=select_device(device), offline=offline)
@@ -290,7 +303,7 @@ def score_ood(model: LoadedModel, inputs, *, stats=None, **kwargs):
 _LAZY: dict[str, str] = {
     # batch enhancement and files
     "STDIO": "batch", "OutputOptions": "batch", "plan_jobs": "batch", "run_batch": "batch", "expand_inputs": "batch",
-    "write_bytes_atomic": "atomic", "sha256_file": "weights", "keep_freed_memory": "_cpu",
+    "write_bytes_atomic": "atomic", "sha256_file": "digest", "keep_freed_memory": "_cpu",
     "VideoOptions": "video", "is_video_path": "video",
     # output names (lle_cli.naming): how each command names what it writes, and recognises it
     "ENHANCED_SUFFIX": "naming", "is_sample_output": "naming", "sample_folder": "naming", "heatmap_name": "naming",
@@ -311,7 +324,9 @@ _LAZY: dict[str, str] = {
     "get_protocol": "evaluate", "sort_results": "evaluate", "load_lpips": "metrics", "load_no_reference": "metrics",
     # weights and the cache
     "hub_cached_file": "download", "embedded_path": "loading", "weights_location": "loading",
-    "cached_weights_path": "cache",
+    "cached_weights_path": "cache", "import_checkpoint": "loading", "import_checkpoints": "loading",
+    "fetch_weights": "loading", "load_weights": "loading", "ExportResult": "loading", "FetchResult": "loading",
+    "VerifyResult": "loading", "LoadedModel": "runner", "min_tile_size": "runner", "FAMILIES": "models",
     # OOD scoring
     "ood_warner": "ood", "ensure_feature_model": "ood", "load_stats": "ood", "stats_for": "ood", "ImageScore": "ood",
     "heatmap": "ood", "summarise_scores": "ood:summarise", "correlations": "ood", "DEFAULT_PATCH": "ood",

@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .errors import InputError, LLEError, OutputExistsError, UsageError
 from .formats import FORMATS
@@ -38,7 +38,6 @@ from .imageio import (
     write_bytes_atomic,
 )
 from .naming import ENHANCED_SUFFIX, STDIO, enhance_output, is_enhanced_output
-from .runner import LoadedModel
 from .video import (
     VIDEO_SUFFIXES,
     VideoOptions,
@@ -48,7 +47,10 @@ from .video import (
     require_video,
     video_output_is_complete,
 )
-from .weights import sha256_file
+from .digest import sha256_file
+
+if TYPE_CHECKING:  # the model code (PyTorch) is imported by whoever loads a model, not here
+    from .runner import LoadedModel
 
 __all__ = [
     "OutputOptions", "Job", "JobResult", "expand_inputs", "plan_jobs", "run_job", "run_batch", "STDIO",
@@ -385,11 +387,7 @@ class ModelFrames:
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         if self.strength <= 0.0:
             return frames
-        if len(frames) == 1:
-            out = self.model.enhance(frames[0])[None]
-        else:
-            x = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32)).permute(0, 3, 1, 2)
-            out = self.model.enhance_tensor(x).permute(0, 2, 3, 1).numpy()
+        out = self.model.enhance(frames[0])[None] if len(frames) == 1 else self.model.enhance_batch(frames)
         return blend_linear(frames, out, self.strength)
 
 

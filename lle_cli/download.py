@@ -41,7 +41,7 @@ from urllib.parse import quote, urlencode, urljoin, urlsplit
 from . import __version__
 from .errors import ChecksumError
 from .registry import HubSource, UpstreamLocation
-from .weights import sha256_file
+from .digest import sha256_file
 
 __all__ = [
     "ProgressFn",

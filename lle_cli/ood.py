@@ -335,7 +335,7 @@ def patch_features(model: LoadedModel, rgb: np.ndarray, spec: FeatureSpec) -> tu
     plan = feature_plan(model, h, w, spec)
     if plan is None:
         with torch.inference_mode():
-            lq, pad = model.module.prepare(x.to(model.device, model.dtype))
+            lq, pad = model.module.prepare(x.to(model.device, model.input_dtype))
         pooled = _run_blocks(model, trunk, lq, spec, lambda index, out: pool_boxes(out[0], boxes, scale=lq.shape[-1] // out.shape[-1],
                                                                                    offset=(pad.top, pad.left)))
         feats = np.concatenate([pooled[i] for i in spec.blocks], axis=1)
@@ -408,7 +408,7 @@ def _tiled_features(
         hit = np.flatnonzero((fy0 < live[1]) & (fy1 > live[0]) & (fx0 < live[3]) & (fx1 > live[2]))
         if not len(hit):
             continue
-        lq = tiles.input(r, c).to(model.device, model.dtype)
+        lq = tiles.input(r, c).to(model.device, model.input_dtype)
         boxes_here = (fy0[hit], fy1[hit], fx0[hit], fx1[hit])
         _run_blocks(model, trunk, lq, spec, functools.partial(_add_box_sums, sums, hit, boxes_here, live, origin, wy, wx))
         del lq

@@ -13,20 +13,21 @@ import hashlib
 import json
 import os
 import platform
+import sys
 import time
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from . import __version__, cache
 from .atomic import write_text_atomic
 from .naming import RECORD_GLOB, RECORD_NAME, record_name
-from .runner import LoadedModel
-from .weights import sha256_file
+from .digest import sha256_file
+
+if TYPE_CHECKING:  # a record needs no model code: --runtime onnx runs without PyTorch
+    from .runner import LoadedModel
 
 __all__ = [
     "RECORD_NAME",
@@ -70,7 +71,25 @@ def model_fields(model: LoadedModel) -> dict[str, Any]:
             info["original_sha256"] = imported["source_sha256"]  # the authors' file it was converted from
     info["device"] = str(model.device)
     info["dtype"] = str(model.dtype).removeprefix("torch.")
+    if getattr(model, "autocast", False):  # --precision auto chose bf16 autocast (lle_cli.device)
+        info["precision"] = "bf16 autocast (float32 weights), chosen by --precision auto"
+    runtime = getattr(model, "runtime_info", None)  # --runtime onnx|openvino: the engine and the file it ran
+    if runtime:
+        info["runtime"] = dict(runtime)
     return info
+
+
+def _torch_version() -> str | None:
+    """The PyTorch this process runs, or the installed one when it never imported it (--runtime onnx)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return torch.__version__
+    try:
+        from importlib.metadata import version
+
+        return version("torch")
+    except Exception:  # not installed as a distribution: nothing to record
+        return None
 
 
 def new_run(
@@ -86,12 +105,12 @@ def new_run(
         "id": uuid.uuid4().hex[:12],
         "command": command,
         "lle_version": __version__,
-        "torch_version": torch.__version__,
+        "torch_version": _torch_version(),
         "python_version": platform.python_version(),
         "platform": platform.platform(terse=True),
         "started": _now(),
         "seconds": None,
-        "model": model_fields(model) if isinstance(model, LoadedModel) else (dict(model) if model else None),
+        "model": (dict(model) if isinstance(model, Mapping) else model_fields(model)) if model else None,
         "seed": seed,
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in (options or {}).items()},
         "outputs": [],

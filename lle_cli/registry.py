@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from .errors import LLEError, ModelNotFoundError
-from .models import FAMILIES
 
 __all__ = ["HubSource", "UpstreamLocation", "UpstreamSource", "ModelEntry", "Registry", "get_registry", "LOCATION_KINDS"]
 
@@ -221,19 +221,20 @@ def _components(raw: dict[str, Any]) -> tuple[UpstreamSource, ...]:
     return tuple(out)
 
 
-def _entry(name: str, raw: dict[str, Any]) -> ModelEntry:
+def _entry(name: str, raw: dict[str, Any], families: Mapping[str, Any] | None) -> ModelEntry:
     def need(key: str) -> Any:
         if key not in raw:
             raise ManifestError(f"weights_manifest.json: model {name!r} lacks {key!r}")
         return raw[key]
 
     family = need("family")
-    if family not in FAMILIES:
+    if families is not None and family not in families:
         raise ManifestError(f"weights_manifest.json: model {name!r} has unknown family {family!r}")
     if need("task") not in TASKS:
         raise ManifestError(f"weights_manifest.json: model {name!r} has task {raw['task']!r}, not one of {sorted(TASKS)}")
     arch = dict(raw.get("architecture") or {})
-    FAMILIES[family].make_config(arch)  # rejects unknown keys now rather than at load time
+    if families is not None:
+        families[family].make_config(arch)  # rejects unknown keys now rather than at load time
     src = raw.get("sources") or {}
     try:
         hub = HubSource(**src["hub"]) if "hub" in src else None
@@ -272,8 +273,17 @@ def _entry(name: str, raw: dict[str, Any]) -> ModelEntry:
 
 
 class Registry:
-    def __init__(self, manifest: dict[str, Any]) -> None:
-        self.models: dict[str, ModelEntry] = {n: _entry(n, r) for n, r in manifest.get("models", {}).items()}
+    def __init__(self, manifest: dict[str, Any], *, check_architectures: bool = True) -> None:
+        """``check_architectures``: check each family and its architecture keys against the model
+        code now (that imports PyTorch); without it the parse stays light, for ``lle enhance
+        --runtime onnx|openvino``, which never builds a PyTorch model (the shipped manifest is
+        checked by the tests)."""
+        families = None
+        if check_architectures:
+            from .models import FAMILIES
+
+            families = FAMILIES
+        self.models: dict[str, ModelEntry] = {n: _entry(n, r, families) for n, r in manifest.get("models", {}).items()}
         self.aliases: dict[str, str] = dict(manifest.get("aliases", {}))
         self.default: str = manifest.get("default", "")
         for alias, target in [*self.aliases.items(), ("default", self.default)]:
@@ -281,9 +291,9 @@ class Registry:
                 raise ManifestError(f"weights_manifest.json: {alias!r} points to unknown model {target!r}")
 
     @classmethod
-    def from_file(cls, path: Path) -> Registry:
+    def from_file(cls, path: Path, *, check_architectures: bool = True) -> Registry:
         try:
-            return cls(json.loads(Path(path).read_text()))
+            return cls(json.loads(Path(path).read_text()), check_architectures=check_architectures)
         except (OSError, ValueError) as e:
             raise ManifestError(f"{path}: cannot read the weights manifest ({e})") from e
 
@@ -326,6 +336,7 @@ def manifest_path() -> Path:
     return Path(__file__).resolve().parent.parent / "weights_manifest.json"
 
 
-@lru_cache(maxsize=1)
-def get_registry() -> Registry:
-    return Registry.from_file(manifest_path())
+@lru_cache(maxsize=2)
+def get_registry(*, check_architectures: bool = True) -> Registry:
+    """The packaged manifest, parsed once (see ``Registry`` for ``check_architectures``)."""
+    return Registry.from_file(manifest_path(), check_architectures=check_architectures)

@@ -8,6 +8,7 @@ not fit the memory budget runs as overlapping tiles blended into one preallocate
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -92,6 +93,9 @@ class LoadedModel:
     dtype: torch.dtype
     weights_source: str
     tile: int | None = None  # None: tile automatically when the image would not fit; 0: never; N: N px
+    # bf16 by autocast (``--precision auto`` on a CPU, lle_cli.device): the weights and inputs stay
+    # float32 and the convolutions run in bf16; ``dtype`` is then bfloat16, what the run records.
+    autocast: bool = False
 
     @property
     def spec(self) -> FamilySpec:
@@ -101,17 +105,26 @@ class LoadedModel:
     def name(self) -> str:
         return self.entry.name
 
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """The dtype the network's input is cast to (float32 under autocast, else ``dtype``)."""
+        return torch.float32 if self.autocast else self.dtype
+
+    def precision_scope(self):
+        """The context every forward pass runs in: bf16 autocast on the CPU, or nothing."""
+        return torch.autocast("cpu", dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
+
     def enhance_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) float in [0, 1] -> enhanced (B, 3, H, W) float32 in [0, 1] on the CPU."""
         h, w = x.shape[-2:]
         top, bottom = _pad_amounts(h, self.spec)
         left, right = _pad_amounts(w, self.spec)
-        x = x.to(self.device, self.dtype)
+        x = x.to(self.device, self.input_dtype)
         if top or bottom or left or right:
             # reflect needs more pixels than it pads; tiny images fall back to edge replication
             mode = "reflect" if min(h, w) > max(top, bottom, left, right) else "replicate"
             x = F.pad(x, (left, right, top, bottom), mode=mode)
-        with torch.inference_mode():
+        with torch.inference_mode(), self.precision_scope():
             y = self.module(x)
         return self._checked(y[..., top : top + h, left : left + w])
 
@@ -178,7 +191,7 @@ class LoadedModel:
         return height + top + bottom, width + left + right
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
-        return x.to(self.device, self.dtype)
+        return x.to(self.device, self.input_dtype)
 
     def _checked(self, y: torch.Tensor) -> torch.Tensor:
         """Network output -> float32 on the CPU in [0, 1]; NaN/Inf is an error, never written."""
@@ -201,7 +214,7 @@ class LoadedModel:
             plan = self.explicit_plan(h, w, plan) or plan_tiles(th, tw, max(th, tw), 0, 0)  # one tile: all of it
         x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None]
         out = np.zeros((h, w, 3), dtype=np.float32)
-        with torch.inference_mode():
+        with torch.inference_mode(), self.precision_scope():
             if self.spec.tile_pass is not None:  # whole-image context first (the UNet's pooling, LLFlow's equalisation)
                 forward = self.spec.tile_pass(self.module, x, plan, self._to_device)
             else:  # a local network: each tile alone
@@ -230,6 +243,11 @@ class LoadedModel:
                 f"(it sees the whole image at once); this machine has {free / 2**30:.1f} GiB free: downscale the image "
                 "or use a model that tiles (`lle models list`)"
             )
+
+    def enhance_batch(self, frames: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) float32 in [0, 1] -> enhanced, as one untiled pass (``ModelFrames`` sizes it)."""
+        x = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32)).permute(0, 3, 1, 2)
+        return self.enhance_tensor(x).permute(0, 2, 3, 1).numpy()
 
     def enhance(self, rgb: np.ndarray) -> np.ndarray:
         """(H, W, 3) float32 in [0, 1] -> enhanced (H, W, 3) float32 in [0, 1]; tiled when it is large."""

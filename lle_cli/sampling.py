@@ -598,7 +598,7 @@ class _Whole(_Pass):
         module = self.model.module
         if self.features is None:
             with torch.inference_mode():
-                lq, self.pad = module.prepare(self.x.to(self.model.device, self.model.dtype))
+                lq, self.pad = module.prepare(self.x.to(self.model.device, self.model.input_dtype))
                 self.features = module.condition(lq)  # once per image, however many samples
                 self.mu = module.latent_mean(self.features)
                 del lq
@@ -644,7 +644,7 @@ class _Tiled(_Pass):
                 x0, x1 = max(c.start, left), min(c.stop, left + ow)
                 if y0 >= y1 or x0 >= x1:
                     continue
-                lq = self.tiles.input(r, c).to(self.model.device, self.model.dtype)
+                lq = self.tiles.input(r, c).to(self.model.device, self.model.input_dtype)
                 with torch.inference_mode():
                     features = module.condition(lq)
                     mu = module.latent_mean(features)

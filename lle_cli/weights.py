@@ -7,7 +7,6 @@ importing an authors' checkpoint; every file is checked against its sha256 befor
 from __future__ import annotations
 
 import argparse
-import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .atomic import replacing
+from .digest import sha256_file
 from .errors import ChecksumError, WeightsError
 
 __all__ = [
@@ -37,12 +37,6 @@ __all__ = [
 UPSTREAM_SAFE_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_sha256(path: Path, expected: str | None, *, what: str = "weights") -> str:

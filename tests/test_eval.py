@@ -200,7 +200,7 @@ def test_eval_reads_the_run_record_of_its_predictions(capsys, dataset, weights, 
 def test_eval_model_with_save_round_trips(capsys, dataset, weights, tmp_path) -> None:
     low, ref, _ = dataset
     saved = tmp_path / "saved"
-    code, out, _ = run(capsys, "eval", "--model", "scl-lle", "-w", weights, low, ref, "--save", saved, "--json")
+    code, out, _ = run(capsys, "eval", "--model", "scl-lle", "-w", weights, low, ref, "--save", saved, "--json", "--precision", "fp32")
     rep = json.loads(out)
     assert code == 0 and rep["model"]["name"] == "scl-lle.official" and rep["model"]["dtype"] == "float32"
     assert sorted(p.name for p in saved.iterdir()) == ["1.png", "10.png", "2.png", record.RECORD_NAME]

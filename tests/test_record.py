@@ -59,7 +59,7 @@ def test_a_foreign_file_of_the_same_name_is_left_alone(tmp_path) -> None:
 
 
 def test_model_fields_hash_the_weights_actually_loaded(weights) -> None:
-    m = api.load_model("scl-lle", weights=weights)
+    m = api.load_model("scl-lle", weights=weights, precision="fp32")
     f = record.model_fields(m)
     assert f["name"] == "scl-lle.official" and f["weights_sha256"] == sha256_file(weights)
     assert f["device"] == "cpu" and f["dtype"] == "float32" and f["weights_source"] == str(weights)

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from .. import api
-from ..api import STDIO, OutputOptions, VideoOptions, is_video_path, keep_freed_memory, ood_warner, plan_jobs, run_batch
+from ..api import STDIO, OutputOptions, VideoOptions, is_video_path, plan_jobs, run_batch
 from ..errors import UsageError
 from ._common import (
     BatchArgs, DeviceOpt, ModelOpt, OfflineOpt, PrecisionOpt, WeightsOpt, batch, download_progress, err_console, error,
@@ -30,6 +30,9 @@ def enhance(
     offline: OfflineOpt = False,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
+    runtime: Annotated[
+        str, typer.Option("--runtime", help="torch (default), or onnx / openvino: run the model's ONNX export (made once, cached) in that engine, on the CPU in float32, without loading PyTorch.")
+    ] = "torch",
     tile: Annotated[
         str, typer.Option("--tile", help="Largest tile size in pixels for large images, 0 to never tile, auto: tile only what would not fit in memory.")
     ] = "auto",
@@ -68,7 +71,14 @@ def enhance(
         raise UsageError("--in-place keeps each input's format; leave out --format (or write elsewhere with -o)")
     if skip_existing and overwrite:
         raise UsageError("--skip-existing keeps existing outputs and --overwrite replaces them; pass one of them")
-    api.check_options(model, tile=tile_px, device=device, precision=precision)  # before any weights are read
+    runtime = runtime.strip().lower()
+    if runtime == "torch":
+        api.check_options(model, tile=tile_px, device=device, precision=precision)  # before any weights are read
+    else:  # the engines: no PyTorch on this path once the model's export is cached (lle_cli.engines)
+        from ..engines import check_runtime_options
+
+        family = api.get_registry(check_architectures=False).resolve(model).family
+        check_runtime_options(runtime, family=family, device=device, precision=precision, tile=tile_px, workers=parallel is not None)
     opts = OutputOptions(suffix=suffix, format=fmt, quality=quality, bit_depth=bit_depth, overwrite=overwrite,
                          in_place=in_place, skip_existing=skip_existing, strength=strength, raw=raw,
                          video=VideoOptions(smoothing=smoothing, codec=video_codec, crf=crf))
@@ -98,16 +108,23 @@ def enhance(
     recording = (batch_mode if record is None else record) and not to_stdout
     stdin_bytes = sys.stdin.buffer.read() if any(j.input == STDIO for j in jobs) else None
     with download_progress(show_progress(quiet, json_out)) as on_bytes:  # first use of a model downloads it
-        keep_freed_memory()  # this process is ours: let big freed blocks be reused
-        loaded = api.load_model(model, weights=weights, device=device, precision=precision, offline=offline, progress=on_bytes, tile=tile_px)
+        if runtime == "torch":
+            api.keep_freed_memory()  # this process is ours: let big freed blocks be reused
+            loaded = api.load_model(model, weights=weights, device=device, precision=precision, offline=offline, progress=on_bytes, tile=tile_px)
+        else:
+            from ..engines import load_engine_model
+
+            loaded = load_engine_model(model, runtime, weights=weights, offline=offline, progress=on_bytes,
+                                       say=(lambda line: None) if quiet or json_out else note)
     if not quiet and not json_out:
-        note(f"model {loaded.name} ({loaded.weights_source}) on {loaded.device}")
-    warn_ood = ood_warner(loaded, batch.ood_stats)  # LLFlow only; never changes the outputs
+        note(f"model {loaded.name} ({loaded.weights_source}) on {loaded.device}" + (f" in {runtime}" if runtime != "torch" else ""))
+    # LLFlow only (never an engine); never changes the outputs
+    warn_ood = api.ood_warner(loaded, batch.ood_stats) if runtime == "torch" else None
     failures: list[str] = []
     ok = 0
     results = []
     run = api.new_run("enhance", model=loaded, options={
-        "model": model, "weights": weights, "device": device, "precision": precision, "tile": tile, "output": output, "format": opts.format,
+        "model": model, "weights": weights, "device": device, "precision": precision, "runtime": runtime, "tile": tile, "output": output, "format": opts.format,
         "quality": quality, "bit_depth": bit_depth, "suffix": suffix, "overwrite": overwrite, "in_place": in_place,
         "skip_existing": skip_existing, "recursive": recursive, "strength": strength, "raw": raw, "smoothing": smoothing,
         "video_codec": video_codec, "crf": crf,

@@ -64,6 +64,10 @@ class FamilySpec:
     # ``samples``: a conditional flow that ``lle sample`` can draw from; ``ood_features``: an
     # encoder whose features ``lle score-ood`` scores (lle_cli.ood).
     channels_last: bool = False
+    # ``--precision auto`` on a CPU with native bf16 runs the family in bf16 only when this is True:
+    # set where bench/precision.py measured it at most AUTO_BF16_MAX_RATIO of float32's time and
+    # within one 8-bit level on AUTO_BF16_WITHIN1 of the pixels (lle_cli.device).
+    auto_cpu_bf16: bool = False
     samples: bool = False
     ood_features: bool = False
 

@@ -1,0 +1,259 @@
+"""Run a model's ONNX export in ONNX Runtime or OpenVINO instead of PyTorch (``--runtime onnx|openvino``).
+
+The first run of a model with an engine exports it (``lle_cli.export``: PyTorch, once, checked
+against lle's own output) into the cache, keyed by the sha256 of the weights it was made from:
+``$LLE_HOME/exports/<model>/<sha256[:16]>-<digest>/<model>.onnx`` and its sidecar (the digest
+covers the manifest's architecture and lle's version). Every later run reads
+that file without importing PyTorch at all, which is most of a one-shot command's start-up
+(bench/startup.py): the registry is parsed without the model code, the weights' identity is checked
+against the export's sidecar, the ONNX file against the sha256 the sidecar recorded, and the
+padding the runner would do (``runner._pad_amounts``, reflect or edge) is done here in numpy from
+the sidecar's ``multiple_of`` and ``min_size``.
+
+What an engine does not do: tile (the graph runs the whole image, so memory grows with it), bf16
+(the engines run float32, within 1e-4 of lle), and the conditional flows' sampling (LLFlow's
+preprocessing is outside its graph; those families refuse a runtime).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import cache
+from .digest import sha256_file
+from .errors import InputError, NonFiniteError, UsageError, WeightsError
+from .extras import require_extra
+from .registry import ModelEntry, get_registry
+
+__all__ = ["RUNTIMES", "ENGINE_RUNTIMES", "EngineModel", "load_engine_model", "exports_dir", "check_runtime_options"]
+
+RUNTIMES = ("torch", "onnx", "openvino")
+ENGINE_RUNTIMES = ("onnx", "openvino")
+FLOW_FAMILIES = frozenset({"llflow"})  # their graph takes the flow's preprocessed input, not a photo
+_EXTRA = {"onnx": ("onnx", "onnxruntime"), "openvino": ("openvino", "openvino")}  # runtime: (extra, module)
+_KEEP_COMPILED = 2  # OpenVINO: compiled networks kept for this many image sizes (a batch's sizes repeat)
+
+
+def exports_dir() -> Path:
+    return cache.lle_home() / "exports"
+
+
+def check_runtime_options(runtime: str, *, family: str, device: str, precision: str, tile: int | None, workers: bool) -> None:
+    """Refuse, before any work, what an engine cannot do (UsageError naming the option to change)."""
+    if runtime not in RUNTIMES:
+        raise UsageError(f"--runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
+    if runtime == "torch":
+        return
+    if family in FLOW_FAMILIES:
+        raise UsageError(f"--runtime {runtime}: the {family} family runs in PyTorch only (its sampler and preprocessing "
+                         "are outside the exported graph); leave out --runtime")
+    if device.lower() not in ("auto", "cpu"):
+        raise UsageError(f"--runtime {runtime} runs on the CPU; pass --device cpu or leave out --runtime")
+    if precision.lower() not in ("auto", "fp32"):
+        raise UsageError(f"--runtime {runtime} runs in float32; pass --precision fp32 or leave out --runtime")
+    if tile:
+        raise UsageError(f"--runtime {runtime} runs the whole image (no tiles); leave out --tile or leave out --runtime")
+    if workers:
+        raise UsageError(f"--runtime {runtime} runs in this process; leave out --workers/--ray or leave out --runtime")
+
+
+def _pad_amounts(size: int, multiple: int, minimum: int) -> tuple[int, int]:
+    # the runner's rule (lle_cli.runner._pad_amounts), from the sidecar's numbers
+    target = -(-max(size, minimum) // multiple) * multiple
+    extra = target - size
+    return extra // 2, extra - extra // 2
+
+
+def _weights_sha256(entry: ModelEntry, weights: Path | None) -> str | None:
+    """The sha256 of the weights a PyTorch run would load, or None when they are not here yet."""
+    if weights is not None:
+        if not Path(weights).is_file():
+            raise WeightsError(f"{weights}: no such weights file")
+        return sha256_file(Path(weights))
+    if entry.embedded:
+        return entry.embedded_sha256
+    path = cache.cached_weights_path(entry.name)
+    return sha256_file(path) if path.is_file() else None
+
+
+def _export_key(entry: ModelEntry, weights_sha256: str) -> str:
+    """The cache folder of an export: the weights' sha256, and a digest of what else shapes the graph
+    (the architecture in the manifest, lle's version: its model code), so an upgrade exports anew."""
+    import hashlib
+
+    from . import __version__
+
+    shape = json.dumps({"architecture": entry.architecture, "lle": __version__}, sort_keys=True)
+    return f"{weights_sha256[:16]}-{hashlib.sha256(shape.encode()).hexdigest()[:8]}"
+
+
+@dataclass
+class EngineModel:
+    """A model's ONNX export in an engine, with the part of ``runner.LoadedModel`` that ``lle
+    enhance``'s batch uses: ``name``, ``entry``, ``enhance``, ``enhance_batch``, ``tile`` (0: never)."""
+
+    entry: ModelEntry
+    runtime: str  # "onnx" or "openvino"
+    onnx_path: Path
+    sidecar: dict[str, Any]
+    weights_source: str
+    threads: int
+    tile: int | None = 0
+    autocast: bool = False
+    device: str = "cpu"
+    dtype: str = "float32"
+    _run: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    @property
+    def runtime_info(self) -> dict[str, Any]:
+        engine = "onnxruntime" if self.runtime == "onnx" else "openvino"
+        mod = sys.modules.get(engine)
+        version = getattr(mod, "__version__", None) or getattr(getattr(mod, "runtime", None), "get_version", lambda: None)()
+        return {"engine": engine, "version": version, "onnx": str(self.onnx_path), "onnx_sha256": self.sidecar["onnx"]["sha256"],
+                "export_max_abs_diff": self.sidecar["check"]["max_abs_diff"], "threads": self.threads}
+
+    def enhance(self, rgb: np.ndarray) -> np.ndarray:
+        """(H, W, 3) float32 in [0, 1] -> enhanced (H, W, 3) float32 in [0, 1]."""
+        h, w = rgb.shape[:2]
+        size = self.sidecar["size"]
+        top, bottom = _pad_amounts(h, size["multiple_of"], size["min_size"])
+        left, right = _pad_amounts(w, size["multiple_of"], size["min_size"])
+        x = np.ascontiguousarray(rgb, dtype=np.float32).transpose(2, 0, 1)[None]
+        if top or bottom or left or right:
+            # reflect needs more pixels than it pads (torch's 'reflect' is numpy's); else edge replication
+            mode = "reflect" if min(h, w) > max(top, bottom, left, right) else "edge"
+            x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), mode=mode)
+        y = self._engine()(np.ascontiguousarray(x))[0, :, top : top + h, left : left + w]
+        if not np.isfinite(y).all():
+            raise NonFiniteError(f"model {self.name} produced NaN/Inf values in {self.runtime}; try --runtime torch")
+        return np.clip(y.transpose(1, 2, 0), 0.0, 1.0).astype(np.float32, copy=False)
+
+    def enhance_batch(self, frames: np.ndarray) -> np.ndarray:
+        return np.stack([self.enhance(f) for f in frames])
+
+    def _engine(self) -> Callable[[np.ndarray], np.ndarray]:
+        if self._run is None:
+            self._run = _onnxruntime(self.onnx_path, self.threads) if self.runtime == "onnx" else _openvino(self.onnx_path, self.threads)
+        return self._run
+
+
+def _onnxruntime(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3  # its notes on unused initialisers are not the user's business
+    # Without the arena, memory goes back after each image: with it, ONNX Runtime kept 15.6 GB after
+    # one 2048x1536 UNet pass (bench/vs_engines.py), and a batch of varied sizes keeps growing it.
+    opts.enable_cpu_mem_arena = False
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {"image": x})[0]
+
+
+def _openvino(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    import openvino as ov
+
+    core = ov.Core()
+    network = core.read_model(str(path))
+    compiled: dict[tuple[int, ...], Any] = {}
+    # f32: OpenVINO's default on a CPU with bf16 is bf16, several 8-bit levels from lle's output
+    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads}
+
+    def run(x: np.ndarray) -> np.ndarray:
+        shape = tuple(x.shape)
+        if shape not in compiled:
+            # a static shape compiles faster kernels than the dynamic graph (bench/vs_engines.py)
+            while len(compiled) >= _KEEP_COMPILED:
+                compiled.pop(next(iter(compiled)))
+            network.reshape({"image": list(shape)})
+            compiled[shape] = core.compile_model(network, "CPU", config)
+        request = compiled[shape]
+        return request({"image": x})[request.output(0)]
+
+    return run
+
+
+def _read_export(folder: Path, name: str) -> tuple[Path, dict[str, Any]] | None:
+    """The cached export in ``folder`` when its sidecar reads and its ONNX file has the sha256 the
+    sidecar recorded; None otherwise (not made yet, or damaged: made again)."""
+    onnx, sidecar = folder / f"{name}.onnx", folder / f"{name}.onnx.json"
+    try:
+        info = json.loads(sidecar.read_text(encoding="utf-8"))
+        if sha256_file(onnx) == info["onnx"]["sha256"]:
+            return onnx, info
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def _make_export(entry: ModelEntry, folder: Path, weights: Path | None, offline: bool, progress: Any, say: Callable[[str], None]) -> None:
+    """Export with PyTorch into ``folder`` (replacing whatever is there)."""
+    from .api import load_model
+    from .export import export_onnx
+
+    say(f"exporting {entry.name} to ONNX for the engine (once; kept in {folder})")
+    model = load_model(entry.name, weights=weights, device="cpu", precision="fp32", offline=offline, progress=progress, tile=0)
+    if folder.exists():
+        shutil.rmtree(folder)
+    export_onnx(model, folder, overwrite=True)
+
+
+def load_engine_model(
+    name: str | None,
+    runtime: str,
+    *,
+    weights: str | os.PathLike | None = None,
+    offline: bool = False,
+    progress: Any = None,
+    threads: int | None = None,
+    say: Callable[[str], None] = lambda line: None,
+) -> EngineModel:
+    """``name`` (None: the default) ready to run in ``runtime`` ("onnx" or "openvino"), exporting it
+    into the cache first if no valid export of these weights is there."""
+    if runtime not in ENGINE_RUNTIMES:
+        raise UsageError(f"--runtime {runtime!r}: the engines are {', '.join(ENGINE_RUNTIMES)}")
+    extra, module = _EXTRA[runtime]
+    require_extra(extra, module, f"--runtime {runtime}")
+    entry = get_registry(check_architectures=False).resolve(name)
+    if entry.family in FLOW_FAMILIES:
+        check_runtime_options(runtime, family=entry.family, device="cpu", precision="fp32", tile=None, workers=False)
+    wpath = Path(weights) if weights else None
+    sha = _weights_sha256(entry, wpath)
+    if sha is None:  # weights still to download: PyTorch's loader fetches and verifies them, then the sha is known
+        from .loading import fetch_weights
+
+        sha = fetch_weights(get_registry().resolve(entry.name), offline=offline, progress=progress).sha256
+    folder = exports_dir() / entry.name / _export_key(entry, sha)
+    with cache.lock(f"export-{entry.name}"):
+        found = _read_export(folder, entry.name)
+        if found is None:
+            if folder.exists():
+                say(f"{folder}: the cached export is incomplete or damaged; making it again")
+            _make_export(entry, folder, wpath, offline, progress, say)
+            found = _read_export(folder, entry.name)
+            if found is None:
+                raise WeightsError(f"{folder}: the export could not be read back; remove {exports_dir()} and run again")
+    onnx, info = found
+    if info.get("weights", {}).get("sha256") not in (sha, None):
+        raise WeightsError(f"{onnx}: made from other weights than {entry.name}'s; remove {folder} and run again")
+    if info.get("graph") != "image -> enhanced":
+        raise InputError(f"{onnx}: not an image -> image graph; leave out --runtime")
+    from ._threads import available_cpus
+
+    source = "embedded" if wpath is None and entry.embedded else str(wpath or cache.cached_weights_path(entry.name))
+    return EngineModel(entry, runtime, onnx, info, source, threads or available_cpus())
