@@ -21,8 +21,8 @@ measures the unenhanced inputs (LOL low against high; NIQE of the raw photos) fo
 
 Results are written after every model, so an interrupted run resumes where it stopped (``--fresh``
 starts over): bench/results/zoo.json (everything, per image) and lle_cli/model_figures.json (the
-compact copy that ``lle models list`` shows). A model whose weights changed since it was measured is
-measured again.
+compact copy that ``lle models list`` shows). A model whose weights or architecture changed since it was
+measured is measured again.
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def measure_model(entry: ModelEntry, weights: Path | None, source: str, repeats:
     model = api.load_model(entry.name, weights=weights, device="cpu", precision="fp32", offline=True)
     params = sum(p.numel() for p in model.module.parameters())
     lol = evaluate_model(model, LOL_LOW, LOL_HIGH, PROTOCOL)
-    row = {"name": entry.name, "weights": source, "weights_sha256": weights_digest(entry, weights),
+    row = {"name": entry.name, "weights": source, "weights_sha256": weights_digest(entry, weights), "architecture": dict(entry.architecture or {}),
            "parameters": params, "parameters_manifest": entry.parameters,
            "lol_psnr": _clean(lol.mean["psnr"]), "lol_ssim": _clean(lol.mean["ssim"]),
            "lol_niqe": _clean(lol.mean["niqe"]), "lol_failed": len(lol.failures), "images_lol": _images(lol)}
@@ -257,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         sha = weights_digest(entry, weights)
         done = previous.get(name)
-        if done and "skipped" not in done and "error" not in done and (done.get("weights_sha256") == sha or (done.get("from_figures") and not args.models)):
+        same = done and done.get("weights_sha256") == sha and (done.get("architecture") or {}) == (entry.architecture or {})
+        if done and "skipped" not in done and "error" not in done and (same or (done.get("from_figures") and not args.models)):
             print(f"{name}: measured before (resuming; --fresh to redo)", flush=True)
             continue
         print(f"measuring {name} ({source})", flush=True)

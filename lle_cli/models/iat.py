@@ -11,6 +11,17 @@ The output is ``clamp(M applied per pixel to the local estimate, 1e-8, 1) ** gam
 upstream's ``IAT`` so the authors' checkpoints load as they are. Dropout and DropPath are identities
 at inference and are left out.
 
+lle's photo stage (``IATConfig.exposure_transfer``, off for the authors' weights, on for
+``iat.lle-photo``): the network's image is not the output; its exposure is applied to the photo.
+A network trained on LOL learns LOL's targets: it denoises very dark scenes well, but on an
+ordinary dim or backlit photo it also smooths texture, mutes colours and pushes bright channels
+(lamps, skin in sunlight) to white. The stage keeps the photo's own detail and colour and takes only
+the brightening from the network (``transfer_exposure``): a gain map, the ratio of the network's
+local mean luminance to the photo's; where that gain is large (a very dark scene, where the photo's
+own detail is mostly noise) it falls back to the network's image; and highlights are compressed by
+a smooth shoulder below white rather than clipped (``highlight_shoulder``), so a bright channel keeps
+its gradations. bench/default_choice.py measures what it changes.
+
 The global branch makes every output pixel depend on the whole image, so tiles cannot reproduce the
 untiled result: the family is never tiled (see the spec below). What keeps a large photo's memory
 bounded instead is that, at inference, both branches run in strips of rows: the local one with a
@@ -29,7 +40,10 @@ from torch import nn
 
 from .family import FamilySpec, register_family
 
-__all__ = ["IATConfig", "IAT", "IATOutputs", "apply_color_and_gamma", "QUERIES"]
+__all__ = [
+    "IATConfig", "IAT", "IATOutputs", "apply_color_and_gamma", "QUERIES",
+    "luminance", "box_blur", "exposure_gain", "highlight_shoulder", "transfer_exposure",
+]
 
 QUERIES = 10  # upstream's learnt queries: token 0 gives gamma, tokens 1..9 the colour matrix
 # A local-branch strip holds about this many pixels (~1 KB of activations each, see the spec):
@@ -49,6 +63,11 @@ class IATConfig:
     # evaluation_lol_v2.py feeds the LOL-v2 weights ``Normalize(0.5, 0.5)``'d images, in [-1, 1];
     # the LOL-v1 and exposure scripts feed [0, 1]
     normalize_input: bool = False
+    # lle's photo stage (module docstring, ``transfer_exposure``); off: the network's image, as upstream
+    exposure_transfer: bool = False
+    transfer_radius: int = 6  # px: the box over which the local mean luminances are taken
+    transfer_blend: tuple[float, float] = (3.0, 8.0)  # gain where the network's image starts / fully takes over
+    shoulder: tuple[float, float] = (0.75, 0.99)  # knee and ceiling of the highlight shoulder
 
     @property
     def local_margin(self) -> int:
@@ -64,6 +83,63 @@ def apply_color_and_gamma(local: torch.Tensor, color: torch.Tensor, gamma: torch
     """
     mixed = torch.einsum("bkhw,bck->bchw", local, color)
     return mixed.clamp(1e-8, 1.0).pow(gamma.reshape(-1, 1, 1, 1))
+
+
+# -- lle's photo stage: the network's exposure on the photo ----------------------------------------
+
+_LUMA = (0.299, 0.587, 0.114)  # Rec. 601 weights on the sRGB values: a brightness, not a colorimetric Y
+
+
+def luminance(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 1, H, W), the Rec. 601 weighted sum of the channels."""
+    w = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * w).sum(dim=1, keepdim=True)
+
+
+def box_blur(t: torch.Tensor, radius: int) -> torch.Tensor:
+    """Mean over a (2r+1)-square box, edges replicated (so a border pixel's mean is not darkened); as a
+    row pass and a column pass (2(2r+1) additions a pixel instead of (2r+1)^2)."""
+    k = 2 * radius + 1
+    t = F.avg_pool2d(F.pad(t, (radius, radius, 0, 0), mode="replicate"), (1, k), stride=1)
+    return F.avg_pool2d(F.pad(t, (0, 0, radius, radius), mode="replicate"), (k, 1), stride=1)
+
+
+def exposure_gain(photo: torch.Tensor, enhanced: torch.Tensor, radius: int) -> torch.Tensor:
+    """(B, 1, H, W): how much ``enhanced`` brightened each neighbourhood of ``photo``, the ratio of their
+    local mean luminances. Taken over a box, not per pixel, so the photo's detail and noise pass through
+    it unchanged rather than being divided out (the floor keeps black areas finite)."""
+    return box_blur(luminance(enhanced), radius) / box_blur(luminance(photo), radius).clamp_min(1e-3)
+
+
+def highlight_shoulder(t: torch.Tensor, photo_max: torch.Tensor, knee: float, ceiling: float) -> torch.Tensor:
+    """Compress brightened pixels towards ``ceiling`` instead of clipping them at white.
+
+    ``t`` (B, 3, H, W) is the brightened image, unclamped; ``photo_max`` (B, 1, H, W) each photo
+    pixel's largest channel. A pixel's largest channel ``m`` stays as it is up to the knee
+    ``k = max(knee, photo_max)``; above it, ``k + (c - k)(1 - exp(-(m - k) / (c - k)))`` with
+    ``c = max(ceiling, photo_max)``: continuous, increasing, with slope 1 at the knee, and below ``c``
+    for every ``m``, so differences between bright values survive as smaller ones. All three channels
+    are scaled alike, so the hue is kept. A pixel never ends darker than it was in the photo.
+    """
+    m = t.amax(dim=1, keepdim=True).clamp_min(1e-6)
+    k = photo_max.clamp_min(knee)
+    c = photo_max.clamp_min(ceiling)
+    span = (c - k).clamp_min(1e-6)
+    over = (m - k).clamp_min(0.0)
+    shaped = torch.where(m <= k, m, k + (c - k) * (1.0 - torch.exp(-over / span)))
+    return t * (shaped / m)
+
+
+def transfer_exposure(photo: torch.Tensor, enhanced: torch.Tensor, radius: int, blend: tuple[float, float],
+                      shoulder: tuple[float, float]) -> torch.Tensor:
+    """The photo brightened by the network's local gain (``exposure_gain``), blended into the network's
+    own image where the gain is between ``blend[0]`` and ``blend[1]`` (above: all network), then
+    ``highlight_shoulder``; clamped to [0, 1]. ``photo`` and ``enhanced`` (B, 3, H, W) in [0, 1]."""
+    gain = exposure_gain(photo, enhanced, radius)
+    lo, hi = blend
+    a = ((gain - lo) / (hi - lo)).clamp(0.0, 1.0)
+    t = a * enhanced + (1.0 - a) * photo * gain
+    return highlight_shoulder(t, photo.amax(dim=1, keepdim=True), *shoulder).clamp(0.0, 1.0)
 
 
 # -- local branch -----------------------------------------------------------------------------------
@@ -337,8 +413,13 @@ class IAT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         if torch.is_grad_enabled() or h * w <= STRIP_PIXELS:
-            return self.forward_all(x).enhanced
-        return self._forward_in_strips(self.network_input(x))
+            y = self.forward_all(x).enhanced
+        else:
+            y = self._forward_in_strips(self.network_input(x))
+        cfg = self.config
+        if not cfg.exposure_transfer:
+            return y
+        return transfer_exposure(x, y.clamp(0.0, 1.0), cfg.transfer_radius, cfg.transfer_blend, cfg.shoulder)
 
     def _forward_in_strips(self, x: torch.Tensor) -> torch.Tensor:
         """Inference on a large image: both branches strip by strip (see ``forward_in_strips``).
@@ -379,7 +460,8 @@ SPEC = register_family(
         # (peak RSS, 2-4 MP) when the global branch ran whole. The strips are the fixed part, ~960 B/px
         # of a strip. `lle enhance` of a 24 MP photo: 2,507 MiB whole process (bench/tiling.py; 4 GB
         # before the global branch ran in strips).
-        activation_bytes=lambda c: 40.0,
+        # the photo stage adds ~12 float32 maps per pixel (gain, blend, shoulder: 48 B/px)
+        activation_bytes=lambda c: 40.0 + (48.0 if c.exposure_transfer else 0.0),
         workspace_mb=lambda c: 1000.0 * STRIP_PIXELS / 2**20,
     ),
 )
