@@ -69,10 +69,27 @@ def _to8(rgb: np.ndarray) -> np.ndarray:
 
 
 def model_for(family: str) -> LoadedModel:
+    """The family's model with real weights where this machine has them: embedded, the authors' file,
+    or several authors' files imported into a private cache (URetinex-Net); random weights otherwise
+    (the JSON says which)."""
     reg = get_registry()
     name = PREFERRED.get(family)
     entry = reg.models[name] if name in reg.models else pick_entry(family)
-    return load_for_bench(entry)
+    model = load_for_bench(entry)
+    if model.weights_source == "random init" and entry.components:
+        from zoo import upstream_by_sha256, weights_for
+
+        _, source, why = weights_for(entry, upstream_by_sha256())
+        if why is None:
+            from lle_cli import api
+
+            loaded = api.load_model(entry.name, device="cpu", precision="fp32", offline=True, tile=0)
+            model = LoadedModel(entry, loaded.module, loaded.device, torch.float32, source, tile=0)
+    from lle_cli._cpu import keep_freed_memory, prepare_for_inference
+
+    keep_freed_memory()  # as the lle command runs a model: channels-last where the family asks for it
+    prepare_for_inference(model.module, model.spec.channels_last, model.device)
+    return model
 
 
 def cast_copy(model: LoadedModel) -> LoadedModel:

@@ -21,10 +21,11 @@ input run through these contenders, all with ``--threads`` threads (default 2):
   ``--precision auto`` runs for the families bench/precision.py found within one level);
 * **lle --runtime onnx / openvino**: ``lle_cli.engines.EngineModel`` on the same file (its own
   session options: ONNX Runtime without the memory arena, OpenVINO fp32 compiled per image size), as
-  ``lle enhance --runtime`` runs it; not for the flows, which run in PyTorch only.
+  ``lle enhance --runtime`` runs it (for the flows that includes preparing ``lq`` in numpy, which the
+  other contenders are handed ready-made, so the row is on the safe side).
 
 The closing summary (``verdicts`` in the JSON) takes, for each family and size, lle's fastest way to run
-it (PyTorch or one of its runtimes) and divides each fp32 engine's time by it.
+it (PyTorch or one of its runtimes) and divides each fp32 engine's median time by that way's.
 
 Network time only: for LLFlow every contender gets the prepared network input ``lq`` (padding, log
 image, histogram equalisation are outside the ONNX graph, see the export's sidecar) and decodes the
@@ -238,10 +239,9 @@ def bench_case(model: LoadedModel, onnx_path: Path, width: int, height: int, thr
         builders["openvino fp32"] = lambda: case.openvino("f32")
         builders["openvino default"] = lambda: case.openvino(None)
     builders["lle bf16"] = lambda: (case.lle(autocast=True), "bfloat16 (autocast)")
-    if not case.flow:  # `lle enhance --runtime onnx|openvino` (the flows run in PyTorch only)
-        builders["lle --runtime onnx"] = lambda: (case.runtime("onnx"), "float32")
-        if openvino:
-            builders["lle --runtime openvino"] = lambda: (case.runtime("openvino"), "float32")
+    builders["lle --runtime onnx"] = lambda: (case.runtime("onnx"), "float32")  # `lle enhance --runtime`
+    if openvino:
+        builders["lle --runtime openvino"] = lambda: (case.runtime("openvino"), "float32")
     lle = case.lle()
     ref = lle()  # warm-up, and the reference output
     lle_times: list[float] = []
@@ -283,19 +283,18 @@ ENGINES_FP32 = ("onnxruntime", "openvino fp32")
 
 def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per family and size: lle's fastest way (PyTorch or one of its runtimes) against each fp32 engine,
-    ``ratio`` = engine median / that way's median, both as measured beside the same lle PyTorch runs
-    (each median scaled by its own interleaved lle runs, so the load each saw cancels out)."""
+    ``ratio`` = engine median / that way's median (>= 1: lle as fast or faster). Plain medians, all
+    taken in the same process within minutes: scaling each by the lle runs interleaved with it was
+    tried and amplified the noise (one engine's arena growth slowed the lle runs beside it 2x)."""
     out = []
     for key in dict.fromkeys((r["family"], r["size"]) for r in rows):
-        case = [r for r in rows if (r["family"], r["size"]) == key]
-        base = {r["contender"]: r["median_s"] / r["lle_median_s"] for r in case if r.get("lle_median_s")}
-        base["lle"] = 1.0
-        ways = {k: v for k, v in base.items() if k in LLE_WAYS}
+        case = {r["contender"]: r["median_s"] for r in rows if (r["family"], r["size"]) == key and r.get("median_s")}
+        ways = {k: v for k, v in case.items() if k in LLE_WAYS}
         best = min(ways, key=ways.get)
         for engine in ENGINES_FP32:
-            if engine in base:
+            if engine in case:
                 out.append({"family": key[0], "size": key[1], "engine": engine, "lle_way": best,
-                            "ratio": round(base[engine] / ways[best], 3)})
+                            "engine_s": case[engine], "lle_s": ways[best], "ratio": round(case[engine] / ways[best], 3)})
     return out
 
 

@@ -10,9 +10,14 @@ against the export's sidecar, the ONNX file against the sha256 the sidecar recor
 padding the runner would do (``runner._pad_amounts``, reflect or edge) is done here in numpy from
 the sidecar's ``multiple_of`` and ``min_size``.
 
+The conditional flows (LLFlow) export their encoder and inverse flow with the network input ``lq``
+as the graph's input; for ``lle enhance`` the engine path prepares it here in numpy exactly as
+``lle_cli.models.llflow.preprocess`` does (symmetric padding, log image, OpenCV's ``equalizeHist``)
+and decodes the latent's mean (zero noise), as lle's enhance does.
+
 What an engine does not do: tile (the graph runs the whole image, so memory grows with it), bf16
-(the engines run float32, within 1e-4 of lle), and the conditional flows' sampling (LLFlow's
-preprocessing is outside its graph; those families refuse a runtime).
+(the engines run float32, within 1e-4 of lle), sampling (``lle sample`` runs in PyTorch), and the
+LLFlow out-of-distribution warning (it needs the encoder's features in PyTorch).
 """
 
 from __future__ import annotations
@@ -38,8 +43,9 @@ __all__ = ["RUNTIMES", "ENGINE_RUNTIMES", "EngineModel", "load_engine_model", "e
 
 RUNTIMES = ("torch", "onnx", "openvino")
 ENGINE_RUNTIMES = ("onnx", "openvino")
-FLOW_FAMILIES = frozenset({"llflow"})  # their graph takes the flow's preprocessed input, not a photo
 _EXTRA = {"onnx": ("onnx", "onnxruntime"), "openvino": ("openvino", "openvino")}  # runtime: (extra, module)
+IMAGE_GRAPH = "image -> enhanced"  # the sidecar's "graph" (lle_cli.export)
+FLOW_GRAPH = "conditional flow: (lq, noise) -> image"
 _KEEP_COMPILED = 2  # OpenVINO: compiled networks kept for this many image sizes (a batch's sizes repeat)
 
 
@@ -47,15 +53,12 @@ def exports_dir() -> Path:
     return cache.lle_home() / "exports"
 
 
-def check_runtime_options(runtime: str, *, family: str, device: str, precision: str, tile: int | None, workers: bool) -> None:
+def check_runtime_options(runtime: str, *, device: str, precision: str, tile: int | None, workers: bool) -> None:
     """Refuse, before any work, what an engine cannot do (UsageError naming the option to change)."""
     if runtime not in RUNTIMES:
         raise UsageError(f"--runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
     if runtime == "torch":
         return
-    if family in FLOW_FAMILIES:
-        raise UsageError(f"--runtime {runtime}: the {family} family runs in PyTorch only (its sampler and preprocessing "
-                         "are outside the exported graph); leave out --runtime")
     if device.lower() not in ("auto", "cpu"):
         raise UsageError(f"--runtime {runtime} runs on the CPU; pass --device cpu or leave out --runtime")
     if precision.lower() not in ("auto", "fp32"):
@@ -111,7 +114,7 @@ class EngineModel:
     autocast: bool = False
     device: str = "cpu"
     dtype: str = "float32"
-    _run: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False)
+    _run: Callable[[dict[str, np.ndarray]], np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -128,23 +131,29 @@ class EngineModel:
     def enhance(self, rgb: np.ndarray) -> np.ndarray:
         """(H, W, 3) float32 in [0, 1] -> enhanced (H, W, 3) float32 in [0, 1]."""
         h, w = rgb.shape[:2]
-        size = self.sidecar["size"]
-        top, bottom = _pad_amounts(h, size["multiple_of"], size["min_size"])
-        left, right = _pad_amounts(w, size["multiple_of"], size["min_size"])
         x = np.ascontiguousarray(rgb, dtype=np.float32).transpose(2, 0, 1)[None]
-        if top or bottom or left or right:
-            # reflect needs more pixels than it pads (torch's 'reflect' is numpy's); else edge replication
-            mode = "reflect" if min(h, w) > max(top, bottom, left, right) else "edge"
-            x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), mode=mode)
-        y = self._engine()(np.ascontiguousarray(x))[0, :, top : top + h, left : left + w]
-        if not np.isfinite(y).all():
+        if self.sidecar["graph"] == FLOW_GRAPH:
+            feeds, (top, left) = flow_feeds(x, self.sidecar)
+        else:
+            size = self.sidecar["size"]
+            top, bottom = _pad_amounts(h, size["multiple_of"], size["min_size"])
+            left, right = _pad_amounts(w, size["multiple_of"], size["min_size"])
+            if top or bottom or left or right:
+                # reflect needs more pixels than it pads (torch's 'reflect' is numpy's); else edge replication
+                mode = "reflect" if min(h, w) > max(top, bottom, left, right) else "edge"
+                x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), mode=mode)
+            feeds = {"image": np.ascontiguousarray(x)}
+        y = self._engine()(feeds)[0, :, top : top + h, left : left + w]
+        if not np.isfinite(y).all():  # before the clamp, which would turn an Inf into 1
             raise NonFiniteError(f"model {self.name} produced NaN/Inf values in {self.runtime}; try --runtime torch")
-        return np.clip(y.transpose(1, 2, 0), 0.0, 1.0).astype(np.float32, copy=False)
+        out = np.empty((h, w, 3), np.float32)
+        np.clip(y.transpose(1, 2, 0), 0.0, 1.0, out=out)  # one pass: layout, clamp and the copy out of the engine
+        return out
 
     def enhance_batch(self, frames: np.ndarray) -> np.ndarray:
         return np.stack([self.enhance(f) for f in frames])
 
-    def _engine(self) -> Callable[[np.ndarray], np.ndarray]:
+    def _engine(self) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
         if self._run is None:
             self._run = _onnxruntime(self.onnx_path, self.threads) if self.runtime == "onnx" else _openvino(self.onnx_path, self.threads)
         return self._run
@@ -162,7 +171,7 @@ def _onnxruntime(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]
     # one 2048x1536 UNet pass (bench/vs_engines.py), and a batch of varied sizes keeps growing it.
     opts.enable_cpu_mem_arena = False
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    return lambda x: session.run(None, {"image": x})[0]
+    return lambda feeds: session.run(None, feeds)[0]
 
 
 def _openvino(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -174,18 +183,58 @@ def _openvino(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
     # f32: OpenVINO's default on a CPU with bf16 is bf16, several 8-bit levels from lle's output
     config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads}
 
-    def run(x: np.ndarray) -> np.ndarray:
-        shape = tuple(x.shape)
+    def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        shape = tuple((k, v.shape) for k, v in feeds.items())
         if shape not in compiled:
             # a static shape compiles faster kernels than the dynamic graph (bench/vs_engines.py)
             while len(compiled) >= _KEEP_COMPILED:
                 compiled.pop(next(iter(compiled)))
-            network.reshape({"image": list(shape)})
-            compiled[shape] = core.compile_model(network, "CPU", config)
+            network.reshape({k: list(v.shape) for k, v in feeds.items()})
+            model = core.compile_model(network, "CPU", config)
+            compiled[shape] = model.create_infer_request()
         request = compiled[shape]
-        return request({"image": x})[request.output(0)]
+        request.infer(feeds)
+        return request.get_output_tensor(0).data
 
     return run
+
+
+# -- LLFlow's network input in numpy (lle_cli.models.llflow.preprocess, operation for operation) ------
+
+
+def _equalize_hist(u8: np.ndarray) -> np.ndarray:
+    """OpenCV's ``equalizeHist`` of one (H, W) uint8 plane, as ``preprocess.equalize_hist`` computes it
+    (float32 scale, rounding half to even, a one-valued plane kept)."""
+    hist = np.bincount(u8.ravel(), minlength=256)
+    i0 = int(np.argmax(hist > 0))
+    rest = u8.size - int(hist[i0])
+    if rest == 0:
+        return u8.copy()
+    counted = np.clip(np.cumsum(hist) - np.cumsum(hist)[i0], 0, None)
+    scale = np.float32(255.0) / np.float32(rest)
+    lut = np.clip(np.rint(counted.astype(np.float32) * scale), 0, 255).astype(np.uint8)
+    return lut[u8]
+
+
+def flow_feeds(x: np.ndarray, sidecar: dict[str, Any]) -> tuple[dict[str, np.ndarray], tuple[int, int]]:
+    """(1, 3, H, W) float32 in [0, 1] -> the flow graph's ``lq`` and zero ``noise`` (the latent's mean:
+    ``lle enhance``), and the (top, left) padding to crop the output by."""
+    pre = sidecar["preprocessing"]
+    m = int(sidecar["size"]["multiple_of"])
+    h, w = x.shape[-2:]
+    top, left = (m - h % m) // 2, (m - w % m) // 2
+    bottom, right = (m - h % m) - top, (m - w % m) - left
+    padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), mode="symmetric")
+    parts = [np.log(np.maximum(padded + np.float32(1e-3), np.float32(1e-3)))]
+    if pre["histogram_equalisation"]:
+        u8 = np.round(np.clip(padded, 0.0, 1.0) * np.float32(255.0)).astype(np.uint8)
+        eq = np.stack([_equalize_hist(u8[0, c]) for c in range(u8.shape[1])])[None]
+        parts.append(eq.astype(np.float32) / np.float32(255.0))
+    lq = np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32)
+    latent = sidecar["latent"]
+    down = int(latent["downscale"])
+    noise = np.zeros((1, int(latent["channels"]), lq.shape[2] // down, lq.shape[3] // down), np.float32)
+    return {"lq": lq, "noise": noise}, (top, left)
 
 
 def _read_export(folder: Path, name: str) -> tuple[Path, dict[str, Any]] | None:
@@ -230,8 +279,6 @@ def load_engine_model(
     extra, module = _EXTRA[runtime]
     require_extra(extra, module, f"--runtime {runtime}")
     entry = get_registry(check_architectures=False).resolve(name)
-    if entry.family in FLOW_FAMILIES:
-        check_runtime_options(runtime, family=entry.family, device="cpu", precision="fp32", tile=None, workers=False)
     wpath = Path(weights) if weights else None
     sha = _weights_sha256(entry, wpath)
     if sha is None:  # weights still to download: PyTorch's loader fetches and verifies them, then the sha is known
@@ -251,8 +298,8 @@ def load_engine_model(
     onnx, info = found
     if info.get("weights", {}).get("sha256") not in (sha, None):
         raise WeightsError(f"{onnx}: made from other weights than {entry.name}'s; remove {folder} and run again")
-    if info.get("graph") != "image -> enhanced":
-        raise InputError(f"{onnx}: not an image -> image graph; leave out --runtime")
+    if info.get("graph") not in (IMAGE_GRAPH, FLOW_GRAPH):
+        raise InputError(f"{onnx}: a graph this lle does not know ({info.get('graph')!r}); remove {folder} and run again")
     from ._threads import available_cpus
 
     source = "embedded" if wpath is None and entry.embedded else str(wpath or cache.cached_weights_path(entry.name))

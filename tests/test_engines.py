@@ -51,7 +51,8 @@ def _photo(path: Path, h: int, w: int, seed: int = 0) -> np.ndarray:
 
 # families whose minimum size makes the engine pad (CIDNet 9, Retinexformer 8, the UNet 2) and one that never pads
 @pytest.mark.parametrize("runtime", RUNTIMES)
-@pytest.mark.parametrize("family", ["cidnet", "retinexformer", "illumination_unet", "zero_dce"])
+@pytest.mark.parametrize("family", [pytest.param("cidnet", marks=pytest.mark.slow), pytest.param("retinexformer", marks=pytest.mark.slow),
+                                    "illumination_unet", "zero_dce"])
 def test_engine_reproduces_lle_with_its_padding(family: str, runtime: str, tmp_path: Path) -> None:
     model = _random_model(family)
     result = export_onnx(model, tmp_path)
@@ -64,6 +65,20 @@ def test_engine_reproduces_lle_with_its_padding(family: str, runtime: str, tmp_p
         out = engine.enhance(rgb)
         assert out.shape == ref.shape and out.dtype == np.float32
         assert float(np.abs(out - ref).max()) <= TOLERANCE, (family, runtime, h, w)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_flow_engine_prepares_llflow_input_as_lle_does(runtime: str, tmp_path: Path) -> None:
+    """LLFlow through an engine: lle's padding, log image and histogram equalisation redone in numpy,
+    the latent's mean decoded; the same as lle's own enhance (tau 0)."""
+    model = _random_model("llflow")
+    result = export_onnx(model, tmp_path)
+    engine = EngineModel(model.entry, runtime, result.path, json.loads(result.sidecar.read_text()), "test", threads=2)
+    rng = np.random.default_rng(2)
+    for h, w in [(29, 43), (48, 32), (7, 9)]:  # odd; a multiple of 16 (padded by 16); smaller than the padding
+        rgb = np.round(rng.random((h, w, 3)) * 0.35 * 255).astype(np.float32) / 255  # 8-bit codes, as photos
+        assert float(np.abs(engine.enhance(rgb) - model.enhance(rgb)).max()) <= TOLERANCE, (runtime, h, w)
 
 
 def test_cli_exports_once_then_runs_without_torch(home: Path, tmp_path: Path) -> None:
@@ -124,7 +139,6 @@ def test_weights_file_gets_its_own_export(home: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["-m", "llflow.lle-synth-rqs", "--runtime", "onnx"], "PyTorch only"),
         (["--runtime", "onnx", "--tile", "256"], "whole image"),
         (["--runtime", "onnx", "--precision", "bf16"], "float32"),
         (["--runtime", "openvino", "--device", "cuda"], "CPU"),
@@ -143,10 +157,10 @@ def test_what_an_engine_cannot_do_is_refused_first(args: list[str], message: str
 def test_check_runtime_options_allows_the_defaults() -> None:
     from lle_cli.engines import check_runtime_options
 
-    check_runtime_options("onnx", family="iat", device="auto", precision="auto", tile=None, workers=False)
-    check_runtime_options("torch", family="llflow", device="cuda", precision="bf16", tile=256, workers=True)
+    check_runtime_options("onnx", device="auto", precision="auto", tile=None, workers=False)
+    check_runtime_options("torch", device="cuda", precision="bf16", tile=256, workers=True)
     with pytest.raises(UsageError, match="--workers"):
-        check_runtime_options("onnx", family="iat", device="cpu", precision="fp32", tile=0, workers=True)
+        check_runtime_options("onnx", device="cpu", precision="fp32", tile=0, workers=True)
 
 
 def test_export_paths_are_where_the_engine_reads_them(home: Path) -> None:
@@ -156,3 +170,24 @@ def test_export_paths_are_where_the_engine_reads_them(home: Path) -> None:
     assert onnx == engine.onnx_path and sidecar.is_file()
     assert engine.onnx_path.parent.name.startswith(api.get_registry().resolve(None).embedded_sha256[:16] + "-")
     assert torch.from_numpy(engine.enhance(np.full((12, 10, 3), 0.1, np.float32))).isfinite().all()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_engine_output_is_an_error_not_an_image(bad: float) -> None:
+    """An Inf would be clamped to 1 and written as white: the engine's output is checked before the clamp."""
+    from lle_cli.errors import NonFiniteError
+
+    entry = api.get_registry().resolve("zero-dce.lle-sice")
+    sidecar = {"graph": "image -> enhanced", "size": {"multiple_of": 1, "min_size": 1}}
+
+    def run(feeds: dict) -> np.ndarray:
+        y = feeds["image"].copy()
+        y[0, 1, 2, 3] = bad
+        return y
+
+    engine = EngineModel(entry, "onnx", Path("unused.onnx"), sidecar, "test", threads=1, _run=run)
+    with pytest.raises(NonFiniteError, match="NaN/Inf"):
+        engine.enhance(np.full((6, 8, 3), 0.3, np.float32))
+    ok = EngineModel(entry, "onnx", Path("unused.onnx"), sidecar, "test", threads=1, _run=lambda feeds: feeds["image"] * 2)
+    out = ok.enhance(np.full((6, 8, 3), 0.3, np.float32))
+    assert out.shape == (6, 8, 3) and out.flags.c_contiguous and np.allclose(out, 0.6)

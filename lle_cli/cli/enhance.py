@@ -77,8 +77,8 @@ def enhance(
     else:  # the engines: no PyTorch on this path once the model's export is cached (lle_cli.engines)
         from ..engines import check_runtime_options
 
-        family = api.get_registry(check_architectures=False).resolve(model).family
-        check_runtime_options(runtime, family=family, device=device, precision=precision, tile=tile_px, workers=parallel is not None)
+        api.get_registry(check_architectures=False).resolve(model)  # an unknown name: the usual message, now
+        check_runtime_options(runtime, device=device, precision=precision, tile=tile_px, workers=parallel is not None)
     opts = OutputOptions(suffix=suffix, format=fmt, quality=quality, bit_depth=bit_depth, overwrite=overwrite,
                          in_place=in_place, skip_existing=skip_existing, strength=strength, raw=raw,
                          video=VideoOptions(smoothing=smoothing, codec=video_codec, crf=crf))

@@ -88,7 +88,6 @@ SPEC = register_family(
         tile_margin=3,
         # channels-last: oneDNN pads a 3-channel NCHW activation to a 16-channel block; NHWC halved
         # both the time and the memory at 4 MP (4.5 -> 2.2 s, 90 -> 38 B/px, one thread)
-        auto_cpu_bf16=True,  # bench/precision.py: bf16 autocast faster, within 1 level on 99.9 %+ of pixels
         channels_last=True,
         activation_bytes=lambda c: 13.0 * c.channels,  # 38 B/px measured (peak RSS, 4 MP) at 3 channels
     ),

@@ -380,7 +380,6 @@ SPEC = register_family(
         # mean over the whole image (in every round), so a tile would weigh them differently. It
         # always runs whole; its local receptive radius is 4 + 3 x 8 + 8 = 36 px. Its own strips
         # (``_forward_in_strips``) bound its memory instead.
-        auto_cpu_bf16=True,  # bench/precision.py: bf16 autocast faster, within 1 level on 99.9 %+ of pixels
         tileable=False,
         tile_exact=False,
         tile_margin=_receptive_radius(URetinexConfig()),
