@@ -7,7 +7,7 @@ covers the manifest's architecture and lle's version). Every later run reads
 that file without importing PyTorch at all, which is most of a one-shot command's start-up
 (bench/startup.py): the registry is parsed without the model code, the weights' identity is checked
 against the export's sidecar, the ONNX file against the sha256 the sidecar recorded, and the
-padding the runner would do (``runner._pad_amounts``, reflect or edge) is done here in numpy from
+padding the runner would do (``tiling.pad_amounts``, reflect or edge) is done here in numpy from
 the sidecar's ``multiple_of`` and ``min_size``.
 
 The conditional flows (LLFlow) export their encoder and inverse flow with the network input ``lq``
@@ -38,6 +38,7 @@ from .digest import sha256_file
 from .errors import InputError, NonFiniteError, UsageError, WeightsError
 from .extras import require_extra
 from .registry import ModelEntry, get_registry
+from .tiling import pad_amounts, reflect_fits
 
 __all__ = ["RUNTIMES", "ENGINE_RUNTIMES", "EngineModel", "load_engine_model", "exports_dir", "check_runtime_options"]
 
@@ -67,13 +68,6 @@ def check_runtime_options(runtime: str, *, device: str, precision: str, tile: in
         raise UsageError(f"--runtime {runtime} runs the whole image (no tiles); leave out --tile or leave out --runtime")
     if workers:
         raise UsageError(f"--runtime {runtime} runs in this process; leave out --workers/--ray or leave out --runtime")
-
-
-def _pad_amounts(size: int, multiple: int, minimum: int) -> tuple[int, int]:
-    # the runner's rule (lle_cli.runner._pad_amounts), from the sidecar's numbers
-    target = -(-max(size, minimum) // multiple) * multiple
-    extra = target - size
-    return extra // 2, extra - extra // 2
 
 
 def _weights_sha256(entry: ModelEntry, weights: Path | None) -> str | None:
@@ -136,11 +130,10 @@ class EngineModel:
             feeds, (top, left) = flow_feeds(x, self.sidecar)
         else:
             size = self.sidecar["size"]
-            top, bottom = _pad_amounts(h, size["multiple_of"], size["min_size"])
-            left, right = _pad_amounts(w, size["multiple_of"], size["min_size"])
-            if top or bottom or left or right:
-                # reflect needs more pixels than it pads (torch's 'reflect' is numpy's); else edge replication
-                mode = "reflect" if min(h, w) > max(top, bottom, left, right) else "edge"
+            top, bottom = pad_amounts(h, size["multiple_of"], size["min_size"])
+            left, right = pad_amounts(w, size["multiple_of"], size["min_size"])
+            if top or bottom or left or right:  # as the runner pads (torch's 'reflect' is numpy's)
+                mode = "reflect" if reflect_fits(h, w, top, bottom, left, right) else "edge"
                 x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), mode=mode)
             feeds = {"image": np.ascontiguousarray(x)}
         y = self._engine()(feeds)[0, :, top : top + h, left : left + w]

@@ -21,7 +21,7 @@ from torch import nn
 from .errors import InputError, NonFiniteError, UsageError
 from .models import FAMILIES, FamilySpec
 from .registry import ModelEntry
-from .tiling import AxisTile, TilePlan, plan_tiles, plan_within_area, run_tiled, tile_overlap
+from .tiling import AxisTile, TilePlan, pad_amounts, plan_tiles, plan_within_area, reflect_fits, run_tiled, tile_overlap
 
 __all__ = ["LoadedModel", "NonFiniteOutputError", "TILE_MEMORY_ENV", "PROCESS_MEMORY_MB", "tile_memory_budget"]
 
@@ -79,10 +79,7 @@ class NonFiniteOutputError(NonFiniteError):
 
 
 def _pad_amounts(size: int, spec: FamilySpec) -> tuple[int, int]:
-    target = max(size, spec.min_size)
-    target = -(-target // spec.multiple_of) * spec.multiple_of
-    extra = target - size
-    return extra // 2, extra - extra // 2
+    return pad_amounts(size, spec.multiple_of, spec.min_size)
 
 
 @dataclass
@@ -121,8 +118,7 @@ class LoadedModel:
         left, right = _pad_amounts(w, self.spec)
         x = x.to(self.device, self.input_dtype)
         if top or bottom or left or right:
-            # reflect needs more pixels than it pads; tiny images fall back to edge replication
-            mode = "reflect" if min(h, w) > max(top, bottom, left, right) else "replicate"
+            mode = "reflect" if reflect_fits(h, w, top, bottom, left, right) else "replicate"
             x = F.pad(x, (left, right, top, bottom), mode=mode)
         with torch.inference_mode(), self.precision_scope():
             y = self.module(x)

@@ -17,7 +17,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["AxisTile", "TilePlan", "plan_axis", "plan_tiles", "plan_within_area", "run_tiled", "tile_overlap"]
+__all__ = ["AxisTile", "TilePlan", "plan_axis", "plan_tiles", "plan_within_area", "run_tiled", "tile_overlap",
+           "pad_amounts", "reflect_fits"]
+
+
+def pad_amounts(size: int, multiple: int, minimum: int) -> tuple[int, int]:
+    """(before, after): what a family's input axis of ``size`` is padded by to reach at least ``minimum``
+    and a multiple of ``multiple``, split floor/ceil. The runner pads so in PyTorch, the ONNX
+    runtimes (``lle_cli.engines``) in numpy from the export's sidecar."""
+    target = -(-max(size, minimum) // multiple) * multiple
+    extra = target - size
+    return extra // 2, extra - extra // 2
+
+
+def reflect_fits(height: int, width: int, *pads: int) -> bool:
+    """Whether mirror padding (without the edge repeated) can pad by ``pads``: it needs more pixels than
+    it adds; tiny images are padded by edge replication instead."""
+    return min(height, width) > max(pads)
 
 
 @dataclass(frozen=True)
