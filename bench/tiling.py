@@ -7,12 +7,20 @@
   synthetic one) enhanced whole (``tile=0``) and with the automatic tiling, each in its own process;
   the largest difference in 8-bit levels (``round(255 x)``), the mean absolute difference, the run
   times and each run's peak RSS.
+* speed: the tiled path's cost where it must tile. For each of ``--speed-families`` (default the three
+  that tile at 3 MP under the bounded target) at ``--speed-size`` (default 2048x1536), the model a
+  user runs (real weights, as the rss runs) in one process with glibc keeping freed memory as
+  ``lle enhance`` sets it, timed alternately untiled and tiled (``--speed-repeats`` each after a
+  warm-up, medians), under two budgets that make it tile: the bounded 2.5 GiB process target
+  (``LLE_MEMORY_MB=2560``) and a machine 20 % short of the untiled pass (an activation budget of 0.8x
+  what it needs, ``LLE_TILE_MEMORY_MB``); plus the plan this machine's own budget picks.
 * rss: for each of ``--rss-sizes`` (default 8 MP and 24 MP), a JPEG of that size (the backlit photo
   resized, or a synthetic scene) run through the real commands, each in a fresh process:
   ``lle enhance`` with one model per family and ``lle sample --n N`` (default 4) with its default
   model. The child calls the CLI's ``main`` (read, OOD warning, tiles, write, contact sheet), then
   reports its own peak RSS (``VmHWM``, see ``enhance.peak_rss_mib``), which must stay under the
-  documented whole-process budget (``runner.PROCESS_MEMORY_MB``, 2.5 GiB).
+  process target they run under: ``LLE_MEMORY_MB`` if set, else the bounded 2.5 GiB
+  (``memory.PROCESS_MEMORY_MB``; by default ``lle`` plans for half the machine's free memory).
 
 Models: the diff uses upstream RAVE (``rave.unpaired``) when ../shared is present, the embedded
 Zero-DCE, and LLFlow's small config (``llflow.lol-small``) with **random weights** after one
@@ -128,6 +136,47 @@ def cli_model(family: str) -> tuple[str, Path | None]:
     raise SystemExit(f"no weights for {entry.name} on this machine ({UPSTREAM_DIR} or embedded)")
 
 
+def child_speed(family: str, w: int, h: int, repeats: int) -> dict[str, Any]:
+    """Untiled and tiled ``enhance`` of one photo, alternating, under the budgets that make it tile."""
+    import statistics
+
+    from lle_cli import api
+    from lle_cli.memory import MEMORY_ENV, process_memory_target
+
+    api.keep_freed_memory()
+    name, weights = cli_model(family)
+    model = api.load_model(name, weights=weights, device="cpu", precision="fp32")
+    rgb, source = test_image(w, h)
+    for var in (MEMORY_ENV, TILE_MEMORY_ENV):
+        os.environ.pop(var, None)
+    own = {"target_mib": round(process_memory_target()), **describe_plan(model.tile_plan(h, w))}
+    th, tw = model._tiled_size(h, w)
+    need_mib = model.spec.activation_bytes(model.module.config) * th * tw / 2**20
+    budgets = {"bounded 2.5 GiB": {MEMORY_ENV: str(PROCESS_MEMORY_MB)},
+               "20% short": {TILE_MEMORY_ENV: str(round(0.8 * need_mib))}}
+    model.tile = None
+    model.enhance(rgb[:256, :256])  # warm-up: oneDNN's kernels for the first shapes
+    rows = []
+    for label, env in budgets.items():
+        os.environ.update(env)
+        plan = model.tile_plan(h, w)
+        times: dict[str, list[float]] = {"untiled": [], "tiled": []}
+        for _ in range(repeats + 1):  # the first round warms this plan's tile shapes up, not timed
+            for mode in ("untiled", "tiled"):
+                model.tile = 0 if mode == "untiled" else None
+                t0 = time.perf_counter()
+                model.enhance(rgb)
+                times[mode].append(time.perf_counter() - t0)
+        for var in env:
+            os.environ.pop(var)
+        model.tile = None
+        untiled, tiled = (statistics.median(times[m][1:]) for m in ("untiled", "tiled"))
+        rows.append({"budget": label, **describe_plan(plan), "untiled_s": round(untiled, 2), "tiled_s": round(tiled, 2),
+                     "ratio": round(tiled / untiled, 3), "times_s": {m: [round(t, 2) for t in v[1:]] for m, v in times.items()}})
+    return {"model": name, "weights": "upstream " + weights.name if weights is not None else "embedded", "image": source,
+            "untiled_need_mib": round(need_mib), "own_budget": own, "rows": rows}
+
+
 def big_photo(path: Path, w: int, h: int) -> str:
     """A JPEG of w x h: the backlit photo resized (a real scene), or the synthetic one."""
     from PIL import Image
@@ -198,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         kind, family, w, h, extra = argv[1], argv[2], int(argv[3]), int(argv[4]), argv[5:]
         if kind == "diff":
             print(json.dumps(child_diff(family, w, h, extra[0], extra[1])))
+        elif kind == "speed":
+            print(json.dumps(child_speed(family, w, h, int(extra[0]))))
         else:
             print(json.dumps(child_cli(kind, family, w, h, extra[0], int(extra[1]))))
         return 0
@@ -207,7 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rss-sizes", type=parse_sizes, default="3840x2160,6000x4000",
                    help="WIDTHxHEIGHT list for whole-process peak memory (default 8 MP and 24 MP)")
     p.add_argument("--sample-n", type=int, default=4, help="samples of the `lle sample` memory runs (default 4)")
+    p.add_argument("--speed-families", nargs="+", choices=sorted(FAMILIES), default=["illumination_unet", "llflow", "zero_dce"])
+    p.add_argument("--speed-size", type=parse_sizes, default="2048x1536", help="WIDTHxHEIGHT for the tiled path's cost")
+    p.add_argument("--speed-repeats", type=int, default=3, help="timed runs of each way per budget (default 3)")
     p.add_argument("--skip-diff", action="store_true")
+    p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--skip-rss", action="store_true", help="no enhance memory runs")
     p.add_argument("--skip-sample", action="store_true", help="no `lle sample` memory runs")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads in the children")
@@ -215,15 +270,32 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    # the diff and rss runs check the bounded target (by default a process plans for half the
+    # machine's free memory, lle_cli.memory); the speed runs set their own budgets
+    from lle_cli.memory import MEMORY_ENV
+
+    os.environ.setdefault(MEMORY_ENV, str(PROCESS_MEMORY_MB))
+    target = float(os.environ[MEMORY_ENV])
     env = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_model(),
         "cpus": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2), "device": "cpu", "dtype": "float32",
         "tile_budget_env": TILE_MEMORY_ENV, "tile_budget_env_value": os.environ.get(TILE_MEMORY_ENV),
-        "process_memory_target_mib": PROCESS_MEMORY_MB,
+        "process_memory_target_mib": target, "process_memory_env": MEMORY_ENV,
     }
     print(f"torch {env['torch']}, {env['cpus']} CPUs (load {env['load_average_1min']}), {env['cpu']}", file=sys.stderr)
-    diffs, rss = [], []
+    diffs, rss, speed = [], [], []
+    if not args.skip_speed:
+        (w, h), = args.speed_size
+        for family in args.speed_families:
+            print(f"speed {family} {w}x{h} ...", file=sys.stderr, flush=True)
+            r = run_child("speed", family, str(w), str(h), str(args.speed_repeats))
+            own = r["own_budget"]
+            for row in r["rows"]:
+                speed.append({"family": family, "model": r["model"], "weights": r["weights"], "size": f"{w}x{h}",
+                              "untiled_need_mib": r["untiled_need_mib"], "own_target_mib": own["target_mib"],
+                              "own_plan": own["tile"] if own["tiles"] == 1 else f"{own['tiles']} x {own['tile']}", **row})
+                print(json.dumps(speed[-1]), file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_diff:
             (w, h), = args.diff_size
@@ -249,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                 r = run_child(command, family, str(w), str(h), tmp, str(args.sample_n))
                 row = {"command": command, "family": family, "size": f"{w}x{h}", "megapixels": round(w * h / 1e6, 2),
                        "image": image, "n": args.sample_n if command == "sample" else None, **r,
-                       "under_budget": r["peak_rss_mib"] <= PROCESS_MEMORY_MB}
+                       "under_budget": r["peak_rss_mib"] <= target}
                 rss.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)  # a long run's log keeps every figure
     if diffs:
@@ -257,12 +329,16 @@ def main(argv: list[str] | None = None) -> int:
                             ("max_diff_levels", "max diff (8-bit levels)"), ("pixels_off_by_1_pct", "% px off"),
                             ("max_abs_diff", "max |diff|"), ("untiled_s", "untiled s"), ("tiled_s", "tiled s"),
                             ("untiled_peak_rss_mib", "untiled RSS MiB"), ("tiled_peak_rss_mib", "tiled RSS MiB")])
+    if speed:
+        print_table(speed, [("family", "family"), ("model", "model"), ("size", "size"), ("budget", "budget"), ("tiles", "tiles"),
+                            ("tile", "tile"), ("work", "work"), ("untiled_s", "untiled s"), ("tiled_s", "tiled s"),
+                            ("ratio", "tiled / untiled"), ("own_plan", "this machine's plan")])
     if rss:
         print_table(rss, [("command", "command"), ("model", "model"), ("size", "size"), ("n", "n"), ("tile", "tile"), ("tiles", "tiles"),
                           ("work", "work"), ("chunk", "latents/pass"), ("spilled", "spilled"), ("seconds", "whole command s"),
-                          ("peak_rss_mib", "peak RSS MiB"), ("under_budget", f"<= {PROCESS_MEMORY_MB} MiB")])
+                          ("peak_rss_mib", "peak RSS MiB"), ("under_budget", f"<= {target:.0f} MiB")])
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"environment": env, "diff": diffs, "rss": rss}, indent=2) + "\n")
+    args.json.write_text(json.dumps({"environment": env, "diff": diffs, "speed": speed, "rss": rss}, indent=2) + "\n")
     print(f"wrote {args.json}", file=sys.stderr)
     return 0
 

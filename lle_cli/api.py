@@ -135,7 +135,7 @@ def load_model(
 
     Weights not on this machine are downloaded once and cached, unless ``offline`` (or
     ``HF_HUB_OFFLINE=1``); ``progress(label, done, total)`` is called as bytes arrive.
-    ``tile``: None tiles large images automatically (budget ``$LLE_TILE_MEMORY_MB``), 0 never, N px tiles.
+    ``tile``: None tiles large images automatically (budget: ``lle_cli.memory``, ``$LLE_MEMORY_MB`` or ``$LLE_TILE_MEMORY_MB``), 0 never, N px tiles.
     """
     import torch
 

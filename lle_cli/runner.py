@@ -19,22 +19,27 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import InputError, NonFiniteError, UsageError
+from .memory import MEMORY_ENV, PROCESS_MEMORY_MB, available_memory, process_memory_target
 from .models import FAMILIES, FamilySpec
 from .registry import ModelEntry
 from .tiling import AxisTile, TilePlan, pad_amounts, plan_tiles, plan_within_area, reflect_fits, run_tiled, tile_overlap
 
-__all__ = ["LoadedModel", "NonFiniteOutputError", "TILE_MEMORY_ENV", "PROCESS_MEMORY_MB", "tile_memory_budget"]
+__all__ = ["LoadedModel", "NonFiniteOutputError", "TILE_MEMORY_ENV", "MEMORY_ENV", "PROCESS_MEMORY_MB", "tile_memory_budget",
+           "available_memory", "process_memory_target"]
 
 TILE_MEMORY_ENV = "LLE_TILE_MEMORY_MB"
-# Automatic tiling keeps a whole ``lle enhance`` process near this many MiB: Python, torch and the
+# Automatic tiling keeps a whole process within ``process_memory_target()`` (lle_cli.memory: half
+# the machine's available memory, at least 2.5 GiB, or $LLE_MEMORY_MB): Python, torch and the
 # weights take ~0.6 GB, the image's own copies while tiles run (decoded bytes, float input, float
-# output) ~32 bytes per pixel, and one pass's activations get the rest, at least 512 MiB. A 3 MP
-# photo gets ~1.8 GiB (LLFlow runs it as 3 tiles, not 12), a 24 MP one ~1.2 GiB (bench/tiling.py
-# measures the peak: under 3 GB for every family).
-PROCESS_MEMORY_MB = 2560
+# output) ~32 bytes per pixel, and one pass's activations get the rest, at least 512 MiB. Under the
+# bounded 2.5 GiB target a 3 MP photo gets ~1.8 GiB (LLFlow runs it as 3 tiles), a 24 MP one
+# ~1.2 GiB (bench/tiling.py measures the peak: under 3 GB for every family).
 _RUNTIME_MB = 640
 _IMAGE_BYTES_PER_PIXEL = 32
 _MIN_TILE_MEMORY_MB = 512
+# the tiles' total area over the image's in a typical automatic plan (the overlaps): what a family's
+# ``context_bytes`` is priced at when the planner sets it aside
+_CONTEXT_AREA = 1.15
 
 
 def tile_memory_budget(pixels: int = 0, reserved_mb: float = 0.0) -> int:
@@ -43,7 +48,8 @@ def tile_memory_budget(pixels: int = 0, reserved_mb: float = 0.0) -> int:
     (``reserved_mb``, see ``FamilySpec.workspace_mb``) and the image's own copies."""
     raw = os.environ.get(TILE_MEMORY_ENV, "").strip()
     if not raw:
-        left = PROCESS_MEMORY_MB - _RUNTIME_MB - reserved_mb - _IMAGE_BYTES_PER_PIXEL * pixels / 2**20
+        target = process_memory_target()
+        left = target - _RUNTIME_MB - reserved_mb - _IMAGE_BYTES_PER_PIXEL * pixels / 2**20
         return int(max(left, _MIN_TILE_MEMORY_MB) * 2**20)
     try:
         mb = float(raw)
@@ -54,24 +60,12 @@ def tile_memory_budget(pixels: int = 0, reserved_mb: float = 0.0) -> int:
     return int(mb * 2**20)
 
 
-def available_memory() -> int | None:
-    """Bytes the kernel says can be allocated without swapping (Linux ``MemAvailable``); None elsewhere."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def min_tile_size(family: str) -> int:
     """The smallest tile side a family can run in: twice its overlap (or its minimum input size)."""
     spec = FAMILIES[family]
     if not spec.tileable:
         return 0  # never tiled: no tile size applies
-    return max(2 * tile_overlap(spec.tile_margin, spec.tile_multiple), spec.min_size)
+    return max(2 * tile_overlap(spec.tile_margin, spec.tile_multiple, spec.tile_exact), spec.min_size)
 
 
 class NonFiniteOutputError(NonFiniteError):
@@ -134,7 +128,17 @@ class LoadedModel:
         N uses tiles of at most N px a side.
         """
         # measured in float32; half precision needs less, so this stays on the safe side
-        return self.plan_for(height, width, self.spec.activation_bytes(self.module.config))
+        cfg = self.module.config
+        per_pixel, context = self.spec.activation_bytes(cfg), self.spec.context_bytes(cfg)
+        if context and self.tile is None and self.spec.tileable:
+            # a pass that would compute part of the network twice (the UNet's trunk) keeps it instead
+            # when that takes at most half the budget: slightly smaller tiles, no repeated work
+            h, w = self._tiled_size(height, width)
+            budget = self.activation_budget(height, width)
+            keep = context * h * w * _CONTEXT_AREA
+            if per_pixel * h * w > budget and keep <= budget / 2:
+                return self.plan_for(height, width, per_pixel, reserved_bytes=keep)
+        return self.plan_for(height, width, per_pixel)
 
     def plan_for(self, height: int, width: int, per_pixel: float, *, reserved_bytes: float = 0.0) -> TilePlan | None:
         """``tile_plan`` for a pass that needs ``per_pixel`` bytes per (padded) pixel of a tile, with
@@ -152,7 +156,7 @@ class LoadedModel:
         budget = self.activation_budget(height, width) - reserved_bytes
         if per_pixel * h * w <= budget:
             return None
-        overlap = tile_overlap(spec.tile_margin, spec.tile_multiple)
+        overlap = tile_overlap(spec.tile_margin, spec.tile_multiple, spec.tile_exact)
         plan = plan_within_area(h, w, int(budget / per_pixel), overlap, spec.tile_margin, spec.tile_multiple, self._min_tile())
         return plan if plan.tiled else None
 
@@ -170,7 +174,8 @@ class LoadedModel:
         size = -(-max(tile, self._min_tile()) // spec.tile_multiple) * spec.tile_multiple
         if size >= h and size >= w:
             return None
-        return plan_tiles(h, w, size, tile_overlap(spec.tile_margin, spec.tile_multiple), spec.tile_margin, spec.tile_multiple)
+        return plan_tiles(h, w, size, tile_overlap(spec.tile_margin, spec.tile_multiple, spec.tile_exact), spec.tile_margin,
+                          spec.tile_multiple)
 
     def _min_tile(self) -> int:
         # stride >= overlap: at most 4x the untiled work
@@ -212,7 +217,7 @@ class LoadedModel:
         out = np.zeros((h, w, 3), dtype=np.float32)
         with torch.inference_mode(), self.precision_scope():
             if self.spec.tile_pass is not None:  # whole-image context first (the UNet's pooling, LLFlow's equalisation)
-                forward = self.spec.tile_pass(self.module, x, plan, self._to_device)
+                forward = self.spec.tile_pass(self.module, x, plan, self._to_device, self._spare_bytes(h, w, plan))
             else:  # a local network: each tile alone
                 forward = lambda r, c: self.module(self._to_device(x[..., r.start : r.stop, c.start : c.stop]))
 
@@ -221,6 +226,11 @@ class LoadedModel:
 
             top, _, left, _ = self._frame(h, w)
             return run_tiled(plan, tile, out, offset=(top, left), progress=progress)
+
+    def _spare_bytes(self, height: int, width: int, plan: TilePlan) -> int:
+        """What the budget leaves beside one tile's pass: what a ``tile_pass`` may keep between tiles."""
+        tile_area = plan.rows[0].size * plan.cols[0].size
+        return max(0, int(self.activation_budget(height, width) - self.spec.activation_bytes(self.module.config) * tile_area))
 
     def check_fits(self, height: int, width: int) -> None:
         """A family that never tiles needs its whole activations at once: refuse, before any work, an

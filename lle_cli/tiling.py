@@ -80,10 +80,12 @@ class TilePlan:
         return f"{len(self)} tiles ({len(self.rows)}x{len(self.cols)}) of {self.cols[0].size}x{self.rows[0].size} px"
 
 
-def tile_overlap(margin: int, multiple: int = 1) -> int:
-    """Overlap for a receptive-field ``margin``: both tiles' bad borders plus a blending ramp as wide
-    as one margin (at least 8 px), rounded up to ``multiple``."""
-    overlap = 2 * margin + max(margin, 8)
+def tile_overlap(margin: int, multiple: int = 1, exact: bool = False) -> int:
+    """Overlap for a receptive-field ``margin``: both tiles' bad borders plus a blending ramp, rounded
+    up to ``multiple``. The ramp is as wide as one margin (at least 8 px) where neighbouring tiles
+    disagree (a network whose reach exceeds the margin, LLFlow); ``exact`` tiles agree beyond their
+    margins up to float rounding, so 2 px of ramp do and the overlap's extra work is saved."""
+    overlap = 2 * margin + (2 if exact else max(margin, 8))
     return -(-overlap // multiple) * multiple
 
 

@@ -42,17 +42,19 @@ class ModelSpec:
 def worker_tile_budget(workers: int) -> int | None:
     """MiB of activations per worker (``LLE_TILE_MEMORY_MB``) when several share the machine, or None.
 
-    The automatic tile budget aims at one process of ~2.5 GiB; N workers each planning for that
-    would need N times as much. Each gets the activation share of that one process divided among
-    them (at least 512 MiB), so a pool (or a local Ray cluster with its services) stays near 4 GB.
-    A user's own ``LLE_TILE_MEMORY_MB`` or ``--tile N`` wins. A large image may then run in more
-    tiles than in one process, which changes its output by float rounding (``--tile N`` fixes the grid).
+    The automatic tile budget plans one process within ``process_memory_target()`` (half the
+    available memory, at least 2.5 GiB, or ``LLE_MEMORY_MB``); N workers each planning for that would
+    need N times as much. Each gets the activation share of that one process divided among them (at
+    least 512 MiB). A user's own ``LLE_TILE_MEMORY_MB`` or ``--tile N`` wins. A large image may then
+    run in more tiles than in one process, which changes its output by float rounding (``--tile N``
+    fixes the grid).
     """
-    from .runner import PROCESS_MEMORY_MB, TILE_MEMORY_ENV
+    from .memory import process_memory_target
+    from .runner import TILE_MEMORY_ENV
 
     if workers <= 1 or os.environ.get(TILE_MEMORY_ENV, "").strip():
         return None
-    return max(512, (PROCESS_MEMORY_MB - _RUNTIME_SHARE_MB) // workers - 256)
+    return max(512, int(process_memory_target() - _RUNTIME_SHARE_MB) // workers - 256)
 
 
 _RUNTIME_SHARE_MB = 640  # Python, torch and the weights in each process (runner's estimate)

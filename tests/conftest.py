@@ -45,7 +45,7 @@ def shared_path(*parts: str) -> Path:
 # huggingface_hub and open_clip read HF_HOME/XDG_CACHE_HOME once, when first imported, and some tests call
 # `monkeypatch.undo()`: so the isolation is set on os.environ for the whole session, before any test
 # module is imported, and the per-test home uses a MonkeyPatch of its own that no test can undo.
-_ISOLATED = ("LLE_HOME", "HF_HOME", "XDG_CACHE_HOME", "HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY")
+_ISOLATED = ("LLE_HOME", "HF_HOME", "XDG_CACHE_HOME", "HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "LLE_MEMORY_MB")
 # these would override HF_HOME and send the hub cache back to the user's disk
 _DROPPED = ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_ASSETS_CACHE", "HF_XET_CACHE")
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
@@ -153,7 +153,10 @@ def pytest_configure(config: pytest.Config) -> None:
     _GUARD = HomeGuard(real_cache_dirs(os.environ, home), [tmp, Path(tempfile.gettempdir())])
     os.environ.update(LLE_HOME=str(tmp / "lle"), HF_HOME=str(tmp / "hf"), XDG_CACHE_HOME=str(tmp / "xdg"),
                       # tests that exercise downloads serve them on 127.0.0.1 and set their own HF_* variables
-                      HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1")
+                      HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1",
+                      # the tile plans follow the machine's free memory by default (lle_cli.memory); the
+                      # tests plan for the bounded target so that they tile alike on every machine
+                      LLE_MEMORY_MB="2560")
     for k in _DROPPED:
         os.environ.pop(k, None)
     sys.addaudithook(_GUARD)  # cannot be removed: pytest_unconfigure switches it off instead

@@ -180,6 +180,43 @@ def test_unet_tiled_equals_untiled_with_the_global_pooled_context(rng) -> None:
     assert np.abs(tiled - whole).max() < 1e-4  # far inside the 1/255 the issue asks for
 
 
+@pytest.mark.parametrize("keep", ["all", "none"])
+def test_unet_tiles_reuse_the_trunk_they_kept(rng, keep) -> None:
+    """Pass 2 reuses pass 1's trunk features where the budget lets it keep them (one trunk run per
+    tile), else for the last tile only; the output is the untiled one either way."""
+    from lle_cli.models.illumination_unet import pooled_context_pass
+
+    torch.manual_seed(2)
+    model = loaded("clip-lit.official")
+    img = dim_photo(rng, 200, 230)
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].contiguous()
+    plan = model.explicit_plan(200, 230, 110)
+    assert plan is not None and len(plan) >= 4
+    with torch.inference_mode():
+        ref = model.module(x).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+    calls = []
+    model.module.ResidualBlock2.register_forward_hook(lambda *a: calls.append(1))  # the trunk's last layer
+    with torch.inference_mode():
+        forward = pooled_context_pass(model.module, x, plan, model._to_device, 1 << 30 if keep == "all" else 0)
+        out = np.zeros((200, 230, 3), np.float32)
+        run_tiled(plan, lambda r, c: forward(r, c).clamp(0, 1)[0].permute(1, 2, 0).numpy(), out)
+    assert len(calls) == (len(plan) if keep == "all" else 2 * len(plan) - 1)
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_unet_plan_sets_the_trunk_aside_within_the_budget(monkeypatch) -> None:
+    """The automatic plan prices the kept trunk features: tile + kept features stay inside the budget."""
+    monkeypatch.delenv(TILE_MEMORY_ENV, raising=False)
+    model = loaded("rave.unpaired")
+    h, w = 1536, 2048
+    plan = model.tile_plan(h, w)
+    assert plan is not None and plan.tiled
+    spec, cfg = model.spec, model.module.config
+    kept = spec.context_bytes(cfg) * len(plan) * plan.rows[0].size * plan.cols[0].size
+    assert model._spare_bytes(h, w, plan) >= kept  # every tile's trunk fits beside one tile's pass
+    assert spec.activation_bytes(cfg) * plan.rows[0].size * plan.cols[0].size + kept <= model.activation_budget(h, w)
+
+
 def test_unet_single_tile_path_matches_the_module(rng) -> None:
     # the tiled runner re-composes the UNet's layers; one tile covering the image must equal forward
     model = loaded("clip-lit.official")

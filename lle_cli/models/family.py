@@ -52,11 +52,16 @@ class FamilySpec:
     tile_multiple: int = 1
     # ``tile_frame(config, height, width)``: (top, bottom, left, right) pixels the network pads the
     # image by itself; tiles then cover that padded frame (LLFlow). None: tiles cover the image.
-    # ``tile_pass(module, x, plan, to_device)``: for a network with whole-image context, computes the
-    # context over ``plan`` (x: (1, 3, H, W) float32 on the CPU) and returns the per-tile forward;
-    # ``to_device`` moves a CPU tensor to the model's device and dtype. None: each tile runs alone.
+    # ``tile_pass(module, x, plan, to_device, keep_bytes)``: for a network with whole-image context,
+    # computes the context over ``plan`` (x: (1, 3, H, W) float32 on the CPU) and returns the per-tile
+    # forward; ``to_device`` moves a CPU tensor to the model's device and dtype; ``keep_bytes``: what
+    # it may hold between its passes besides one tile's work (intermediate features it would
+    # otherwise compute twice). None: each tile runs alone.
+    # ``context_bytes(config)``: per pixel of the tiles, what such a pass would keep to compute
+    # nothing twice; the planner sets that much aside when it is a small part of the budget.
     tile_frame: Callable[[Any, int, int], tuple[int, int, int, int]] | None = None
-    tile_pass: Callable[[nn.Module, torch.Tensor, "TilePlan", Callable[[torch.Tensor], torch.Tensor]], TileForward] | None = None
+    tile_pass: Callable[[nn.Module, torch.Tensor, "TilePlan", Callable[[torch.Tensor], torch.Tensor], int], TileForward] | None = None
+    context_bytes: Callable[[Any], float] = lambda config: 0.0
     activation_bytes: Callable[[Any], float] = lambda config: 2048.0
     workspace_mb: Callable[[Any], float] = lambda config: 0.0
     decode_bytes: Callable[[Any], float] = lambda config: 0.0

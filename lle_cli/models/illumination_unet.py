@@ -119,9 +119,10 @@ class IlluminationUNet(nn.Module):
     def illumination(self, x: torch.Tensor) -> torch.Tensor:
         return self._after_pooling(self.PPM1(self.trunk(x)))
 
-    def forward_with_context(self, x: torch.Tensor, branches: list[torch.Tensor]) -> torch.Tensor:
-        """``forward`` with the pyramid pooling's upsampled branches given (a tile of a larger image)."""
-        h = self.trunk(x)
+    def forward_with_context(self, x: torch.Tensor, branches: list[torch.Tensor], trunk: torch.Tensor | None = None) -> torch.Tensor:
+        """``forward`` with the pyramid pooling's upsampled branches given (a tile of a larger image),
+        and ``trunk(x)`` too where the caller has it already."""
+        h = self.trunk(x) if trunk is None else trunk
         return divide_by_illumination(x, self._after_pooling(self.PPM1.fuse(torch.cat([h, *branches], 1))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -154,7 +155,11 @@ def _upsample_matrix(start: int, stop: int, n: int, bins: int) -> np.ndarray:
 
 
 def pooled_context_pass(
-    model: IlluminationUNet, x: torch.Tensor, plan: TilePlan, to_device: Callable[[torch.Tensor], torch.Tensor]
+    model: IlluminationUNet,
+    x: torch.Tensor,
+    plan: TilePlan,
+    to_device: Callable[[torch.Tensor], torch.Tensor],
+    keep_bytes: int = 0,
 ) -> TileForward:
     """The tiled forward (``FamilySpec.tile_pass``): the pyramid pooling's branches for the whole image
     first, then each tile with them.
@@ -163,22 +168,42 @@ def pooled_context_pass(
     the bins' sums; because the blend weights sum to 1 and vanish where a tile is wrong, the sums are
     the whole image's, so the pooled values equal ``AdaptiveAvgPool2d`` on the untiled trunk output.
     Pass 2 runs each tile with the branches bilinearly upsampled over the whole image's grid.
+
+    The trunk is about a seventh of the network's work; pass 2 reuses pass 1's trunk features for as
+    many tiles as ``keep_bytes`` holds (all of them where the planner set that aside, see
+    ``context_bytes``), so tiling then adds only the overlaps. Pass 1 goes through the plan
+    backwards and pass 2 forwards, so the kept tiles are the ones pass 2 needs first and each is
+    freed as it is used; the last tile of pass 1 is always kept (its features are in memory anyway).
     """
     bins = model.config.pool_bins
     rows = [_bin_matrix(plan.height, b) for b in bins]
     cols = [_bin_matrix(plan.width, b) for b in bins]
     sums = [np.zeros((model.config.width, b, b), dtype=np.float64) for b in bins]
+    splits = np.cumsum([0, *bins])
 
     def crop(r: AxisTile, c: AxisTile) -> torch.Tensor:
         return to_device(x[..., r.start : r.stop, c.start : c.stop])
 
+    kept: dict[tuple[int, int], torch.Tensor] = {}
+    kept_bytes = 0
     with torch.inference_mode():
-        for r, c in plan:
-            feat = model.trunk(crop(r, c))[0].float().cpu()
+        for r, c in reversed(list(plan)):
+            trunk = model.trunk(crop(r, c))
+            size = trunk.numel() * trunk.element_size()
+            while kept and kept_bytes + size > keep_bytes:  # no room: drop the oldest (pass 2's last)
+                oldest = kept.pop(next(iter(kept)))
+                kept_bytes -= oldest.numel() * oldest.element_size()
+            kept[r.start, c.start] = trunk
+            kept_bytes += size
+            feat = trunk[0].float().cpu()
+            ch, th, tw = feat.shape
+            # every bin's column sums in one matrix product (the tile's weighted column membership),
+            # then each bin's rows: two small products instead of one three-way einsum per bin
+            rx = np.concatenate([m[:, c.start : c.stop] for m in cols]) * c.weights
+            by_col = (feat.reshape(ch * th, tw) @ torch.from_numpy(rx.T.astype(np.float32))).reshape(ch, th, -1)
             for k in range(len(bins)):
                 ry = torch.from_numpy((rows[k][:, r.start : r.stop] * r.weights).astype(np.float32))
-                rx = torch.from_numpy((cols[k][:, c.start : c.stop] * c.weights).astype(np.float32))
-                sums[k] += torch.einsum("iy,cyx,jx->cij", ry, feat, rx).double().numpy()
+                sums[k] += torch.einsum("iy,cyj->cij", ry, by_col[..., splits[k] : splits[k + 1]]).double().numpy()
         pooled = []
         for k in range(len(bins)):
             counts = rows[k].sum(1)[:, None] * cols[k].sum(1)[None, :]
@@ -192,7 +217,7 @@ def pooled_context_pass(
             ay = torch.from_numpy(_upsample_matrix(r.start, r.stop, plan.height, b)).to(p.device, p.dtype)
             ax = torch.from_numpy(_upsample_matrix(c.start, c.stop, plan.width, b)).to(p.device, p.dtype)
             branches.append(torch.einsum("yi,ncij,xj->ncyx", ay, p, ax))
-        return model.forward_with_context(crop(r, c), branches)
+        return model.forward_with_context(crop(r, c), branches, kept.pop((r.start, c.start), None))
 
     return forward
 
@@ -211,6 +236,7 @@ SPEC = register_family(
         # context is global, so the tiled runner computes it once on the whole image
         tile_margin=17,
         tile_pass=pooled_context_pass,
+        context_bytes=lambda c: 4.0 * c.width,  # the trunk's float32 features, kept from pass 1 for pass 2
         # measured at width 32 as whole-process peak RSS, a fresh process per run, glibc keeping freed
         # memory as `lle enhance` sets it: 1,280-2,060 B/px untiled at 1-2.1 MP (1,290 at 1 MP without
         # that setting: the spread is the allocator's), ~2,500 per tile pixel in a tiled 8 MP run

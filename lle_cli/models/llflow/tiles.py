@@ -98,9 +98,10 @@ def tile_frame(config: LLFlowConfig, height: int, width: int) -> tuple[int, int,
 
 
 def tiled_forward(
-    model: LLFlow, x: torch.Tensor, plan: TilePlan, to_device: Callable[[torch.Tensor], torch.Tensor]
+    model: LLFlow, x: torch.Tensor, plan: TilePlan, to_device: Callable[[torch.Tensor], torch.Tensor], keep_bytes: int = 0
 ) -> TileForward:
-    """``FamilySpec.tile_pass``: each tile of the padded frame decodes its latent mean (tau 0)."""
+    """``FamilySpec.tile_pass``: each tile of the padded frame decodes its latent mean (tau 0); the
+    whole-image context is the equalisation's lookup table, so nothing is kept between tiles."""
     tiles = LLFlowTiles.of(model, x)
 
     def forward(r: AxisTile, c: AxisTile) -> torch.Tensor:
