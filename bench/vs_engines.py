@@ -251,8 +251,14 @@ def bench_case(model: LoadedModel, onnx_path: Path, width: int, height: int, thr
             print(f"  {name}: skipped, only {available_mib():.0f} MiB of memory available", file=sys.stderr)
             continue
         before = rss_mib()
-        run, precision = build()
-        out = run()  # warm-up
+        try:
+            run, precision = build()
+            out = run()  # warm-up
+        except Exception as exc:  # one contender that cannot run this model must not lose the others' rows
+            print(f"  {name}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            rows.append({"contender": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
+            gc.collect()
+            continue
         held = rss_mib() - before
         times = alternate({"lle": lle, name: run}, repeats)
         lle_times += times["lle"]

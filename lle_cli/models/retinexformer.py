@@ -380,7 +380,9 @@ class _Restorer(nn.Module):
                 weight = fuse.weight.reshape(fuse.weight.shape[0], 2 * c)
                 fea = F.linear(_tokens(up), weight[:, :c])
                 up = None  # freed before the second product
-                fea = _image(fea.baddbmm_(_tokens(skip), weight[:, c:].t().expand(fea.shape[0], -1, -1)), h, w)
+                # under autocast the first product is bf16 and an in-place op does not cast: match it
+                rest = weight[:, c:].t().to(fea.dtype).expand(fea.shape[0], -1, -1)
+                fea = _image(fea.baddbmm_(_tokens(skip).to(fea.dtype), rest), h, w)
             del up, skip
             fea = level[2](fea, guide)
         out = self.mapping(fea)

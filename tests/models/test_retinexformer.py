@@ -224,6 +224,19 @@ def test_inference_path_equals_the_autograd_path(monkeypatch, arch: dict) -> Non
     assert x.max() <= 0.5  # the input is never modified in place
 
 
+def test_inference_path_runs_under_bf16_autocast() -> None:
+    """The in-place decoder fusion once mixed autocast's bf16 product with a float32 operand and raised
+    (bench/vs_engines.py's bf16 contender); it now follows the autocast dtype, close to float32."""
+    model = _seeded({"n_feat": 16, "stage": 2, "num_blocks": [1, 1, 1]}, seed=5)
+    x = torch.rand(1, 3, 32, 40) * 0.5
+    with torch.inference_mode():
+        ref = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x)
+    assert low.shape == ref.shape and torch.isfinite(low.float()).all()
+    assert (low.float() - ref).abs().max() < 0.1 * max(1.0, ref.abs().max().item())
+
+
 def test_every_output_pixel_depends_on_the_whole_image() -> None:
     """Why the family is never tiled: the attention's sums over all pixels carry a change in one
     corner to the opposite one, far beyond any convolution's reach."""
