@@ -24,8 +24,13 @@ input run through these contenders, all with ``--threads`` threads (default 2):
   ``lle enhance --runtime`` runs it (for the flows that includes preparing ``lq`` in numpy, which the
   other contenders are handed ready-made, so the row is on the safe side).
 
+* **lle --runtime openvino bf16**: the same with OpenVINO compiling in bf16, what ``--runtime openvino``
+  runs under ``--precision auto`` for the families whose policy is bf16 (or with ``--precision bf16``).
+
 The closing summary (``verdicts`` in the JSON) takes, for each family and size, lle's fastest way to run
-it (PyTorch or one of its runtimes) and divides each fp32 engine's median time by that way's.
+it (PyTorch or one of its runtimes) and divides each fp32 engine's median time by that way's; and
+OpenVINO's default (bf16) by lle's fastest bf16 way among those within one 8-bit level of float32 on
+99.9 % of the pixels (none: no bf16 row for that case).
 
 Network time only: for LLFlow every contender gets the prepared network input ``lq`` (padding, log
 image, histogram equalisation are outside the ONNX graph, see the export's sidecar) and decodes the
@@ -136,13 +141,15 @@ class Case:
                     return model.enhance_tensor(self.x)[0].numpy()
         return run
 
-    def runtime(self, engine: str) -> Run:
+    def runtime(self, engine: str, dtype: str = "float32") -> Run:
         """``lle enhance --runtime onnx|openvino``: lle's EngineModel (its padding, the engine, the checks)
-        on the same exported file, from the (H, W, 3) image lle's batch hands it."""
+        on the same exported file, from the (H, W, 3) image lle's batch hands it; ``dtype`` "bfloat16":
+        OpenVINO compiled in bf16 (``--runtime openvino --precision bf16``, or auto where the family allows)."""
         from lle_cli.engines import EngineModel
 
         sidecar = json.loads(self.path.with_name(self.path.name + ".json").read_text())
-        model = EngineModel(self.model.entry, engine, self.path, sidecar, self.model.weights_source, threads=self.threads)
+        model = EngineModel(self.model.entry, engine, self.path, sidecar, self.model.weights_source, threads=self.threads,
+                            dtype=dtype)
         rgb = self.x[0].permute(1, 2, 0).numpy()
         return lambda: model.enhance(rgb).transpose(2, 0, 1)
 
@@ -242,6 +249,7 @@ def bench_case(model: LoadedModel, onnx_path: Path, width: int, height: int, thr
     builders["lle --runtime onnx"] = lambda: (case.runtime("onnx"), "float32")  # `lle enhance --runtime`
     if openvino:
         builders["lle --runtime openvino"] = lambda: (case.runtime("openvino"), "float32")
+        builders["lle --runtime openvino bf16"] = lambda: (case.runtime("openvino", "bfloat16"), "bfloat16")
     lle = case.lle()
     ref = lle()  # warm-up, and the reference output
     lle_times: list[float] = []
@@ -285,6 +293,8 @@ def bench_case(model: LoadedModel, onnx_path: Path, width: int, height: int, thr
 
 LLE_WAYS = ("lle", "lle --runtime onnx", "lle --runtime openvino")  # what `lle enhance` can run a family with
 ENGINES_FP32 = ("onnxruntime", "openvino fp32")
+LLE_BF16_WAYS = ("lle bf16", "lle --runtime openvino bf16")  # --precision auto's bf16, in PyTorch or OpenVINO
+BF16_WITHIN1 = 0.999  # lle_cli.device.AUTO_BF16_WITHIN1: where a bf16 way counts at all
 
 
 def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -301,6 +311,14 @@ def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if engine in case:
                 out.append({"family": key[0], "size": key[1], "engine": engine, "lle_way": best,
                             "engine_s": case[engine], "lle_s": ways[best], "ratio": round(case[engine] / ways[best], 3)})
+        # bf16: lle's fastest bf16 way that stays within one level, against OpenVINO's own default (bf16)
+        close = {r["contender"]: r["median_s"] for r in rows if (r["family"], r["size"]) == key and r.get("median_s")
+                 and r["contender"] in LLE_BF16_WAYS and r.get("within_1_level", 0) >= BF16_WITHIN1}
+        if close and "openvino default" in case:
+            way = min(close, key=close.get)
+            out.append({"family": key[0], "size": key[1], "engine": "openvino default", "lle_way": way,
+                        "engine_s": case["openvino default"], "lle_s": close[way],
+                        "ratio": round(case["openvino default"] / close[way], 3)})
     return out
 
 

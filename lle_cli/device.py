@@ -6,6 +6,7 @@ import re
 
 import torch
 
+from .cpu_features import cpu_has_native_bf16
 from .errors import DeviceError, UsageError
 
 __all__ = ["select_device", "select_dtype", "PRECISIONS", "cpu_has_native_bf16", "auto_cpu_bf16", "AUTO_BF16_MAX_RATIO", "AUTO_BF16_WITHIN1"]
@@ -16,7 +17,6 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 AUTO_BF16_MAX_RATIO = 0.9
 # ... and the 8-bit output is within one level of float32's on at least this share of the pixels.
 AUTO_BF16_WITHIN1 = 0.999
-_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # without them oneDNN emulates bf16, slower than float32
 
 
 def _mps_available() -> bool:
@@ -45,22 +45,6 @@ def select_device(spec: str = "auto") -> torch.device:
             raise DeviceError("--device mps: Apple MPS is not available here; use --device cpu or auto")
         return torch.device("mps")
     raise UsageError(f"--device {spec!r}: expected auto, cpu, cuda, cuda:N or mps")
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX; Linux ``/proc/cpuinfo`` flags)."""
-    global _native_bf16
-    if _native_bf16 is None:
-        try:
-            with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-                flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-        except OSError:
-            flags = []
-        _native_bf16 = any(flag in flags for flag in _BF16_FLAGS)
-    return _native_bf16
-
-
-_native_bf16: bool | None = None
 
 
 def auto_cpu_bf16(family: str | None) -> bool:

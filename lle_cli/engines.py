@@ -15,9 +15,14 @@ as the graph's input; for ``lle enhance`` the engine path prepares it here in nu
 ``lle_cli.models.llflow.preprocess`` does (symmetric padding, log image, OpenCV's ``equalizeHist``)
 and decodes the latent's mean (zero noise), as lle's enhance does.
 
-What an engine does not do: tile (the graph runs the whole image, so memory grows with it), bf16
-(the engines run float32, within 1e-4 of lle), sampling (``lle sample`` runs in PyTorch), and the
-LLFlow out-of-distribution warning (it needs the encoder's features in PyTorch).
+Precision: ONNX Runtime runs float32 (within 1e-4 of lle). OpenVINO runs float32 too, except where
+``--precision auto`` would run the family in bf16 in PyTorch (the export's ``auto_cpu_bf16``, from
+bench/precision.py) on a CPU with native bf16, or ``--precision bf16`` asks for it: the graph is then
+compiled in bf16, OpenVINO's own fast path (its default on such a CPU), and the run record says so.
+
+What an engine does not do: tile (the graph runs the whole image, so memory grows with it), sampling
+(``lle sample`` runs in PyTorch), and the LLFlow out-of-distribution warning (it needs the encoder's
+features in PyTorch).
 """
 
 from __future__ import annotations
@@ -40,7 +45,8 @@ from .extras import require_extra
 from .registry import ModelEntry, get_registry
 from .tiling import pad_amounts, reflect_fits
 
-__all__ = ["RUNTIMES", "ENGINE_RUNTIMES", "EngineModel", "load_engine_model", "exports_dir", "check_runtime_options"]
+__all__ = ["RUNTIMES", "ENGINE_RUNTIMES", "EngineModel", "load_engine_model", "exports_dir", "check_runtime_options",
+           "engine_precision"]
 
 RUNTIMES = ("torch", "onnx", "openvino")
 ENGINE_RUNTIMES = ("onnx", "openvino")
@@ -62,7 +68,9 @@ def check_runtime_options(runtime: str, *, device: str, precision: str, tile: in
         return
     if device.lower() not in ("auto", "cpu"):
         raise UsageError(f"--runtime {runtime} runs on the CPU; pass --device cpu or leave out --runtime")
-    if precision.lower() not in ("auto", "fp32"):
+    if runtime == "openvino" and precision.lower() not in ("auto", "fp32", "bf16"):
+        raise UsageError(f"--runtime {runtime} runs in float32 or bf16; pass --precision fp32 or bf16, or leave out --runtime")
+    if runtime == "onnx" and precision.lower() not in ("auto", "fp32"):
         raise UsageError(f"--runtime {runtime} runs in float32; pass --precision fp32 or leave out --runtime")
     if tile:
         raise UsageError(f"--runtime {runtime} runs the whole image (no tiles); leave out --tile or leave out --runtime")
@@ -107,7 +115,7 @@ class EngineModel:
     tile: int | None = 0
     autocast: bool = False
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: str = "float32"  # "bfloat16": OpenVINO compiles the graph in bf16 (``engine_precision``)
     _run: Callable[[dict[str, np.ndarray]], np.ndarray] | None = field(default=None, repr=False)
 
     @property
@@ -120,7 +128,8 @@ class EngineModel:
         mod = sys.modules.get(engine)
         version = getattr(mod, "__version__", None) or getattr(getattr(mod, "runtime", None), "get_version", lambda: None)()
         return {"engine": engine, "version": version, "onnx": str(self.onnx_path), "onnx_sha256": self.sidecar["onnx"]["sha256"],
-                "export_max_abs_diff": self.sidecar["check"]["max_abs_diff"], "threads": self.threads}
+                "export_max_abs_diff": self.sidecar["check"]["max_abs_diff"], "threads": self.threads,
+                "precision": "bf16" if self.dtype == "bfloat16" else "f32"}
 
     def enhance(self, rgb: np.ndarray) -> np.ndarray:
         """(H, W, 3) float32 in [0, 1] -> enhanced (H, W, 3) float32 in [0, 1]."""
@@ -148,7 +157,10 @@ class EngineModel:
 
     def _engine(self) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
         if self._run is None:
-            self._run = _onnxruntime(self.onnx_path, self.threads) if self.runtime == "onnx" else _openvino(self.onnx_path, self.threads)
+            if self.runtime == "onnx":
+                self._run = _onnxruntime(self.onnx_path, self.threads)
+            else:
+                self._run = _openvino(self.onnx_path, self.threads, "bf16" if self.dtype == "bfloat16" else "f32")
         return self._run
 
 
@@ -167,14 +179,15 @@ def _onnxruntime(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]
     return lambda feeds: session.run(None, feeds)[0]
 
 
-def _openvino(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+def _openvino(path: Path, threads: int, precision: str = "f32") -> Callable[[np.ndarray], np.ndarray]:
     import openvino as ov
 
     core = ov.Core()
     network = core.read_model(str(path))
     compiled: dict[tuple[int, ...], Any] = {}
-    # f32: OpenVINO's default on a CPU with bf16 is bf16, several 8-bit levels from lle's output
-    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads}
+    # always explicit: OpenVINO's default on a CPU with bf16 is bf16, several 8-bit levels from lle's
+    # output for some families; "bf16" only where engine_precision allows it
+    config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads}
 
     def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
         shape = tuple((k, v.shape) for k, v in feeds.items())
@@ -255,10 +268,25 @@ def _make_export(entry: ModelEntry, folder: Path, weights: Path | None, offline:
     export_onnx(model, folder, overwrite=True)
 
 
+def engine_precision(runtime: str, precision: str, sidecar: dict[str, Any]) -> str:
+    """The dtype an engine runs an export in: "bfloat16" for OpenVINO with ``--precision bf16``, or with
+    ``auto`` where the family's measured policy allows bf16 (the sidecar's ``auto_cpu_bf16``) on a CPU
+    with native bf16; "float32" otherwise (ONNX Runtime always)."""
+    from . import cpu_features
+
+    p = (precision or "auto").lower()
+    if runtime != "openvino" or p == "fp32":
+        return "float32"
+    if p == "bf16" or (sidecar.get("auto_cpu_bf16") and cpu_features.cpu_has_native_bf16()):
+        return "bfloat16"
+    return "float32"
+
+
 def load_engine_model(
     name: str | None,
     runtime: str,
     *,
+    precision: str = "auto",
     weights: str | os.PathLike | None = None,
     offline: bool = False,
     progress: Any = None,
@@ -296,4 +324,5 @@ def load_engine_model(
     from ._threads import available_cpus
 
     source = "embedded" if wpath is None and entry.embedded else str(wpath or cache.cached_weights_path(entry.name))
-    return EngineModel(entry, runtime, onnx, info, source, threads or available_cpus())
+    return EngineModel(entry, runtime, onnx, info, source, threads or available_cpus(),
+                       dtype=engine_precision(runtime, precision, info))

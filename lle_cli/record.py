@@ -73,6 +73,8 @@ def model_fields(model: LoadedModel) -> dict[str, Any]:
     info["dtype"] = str(model.dtype).removeprefix("torch.")
     if getattr(model, "autocast", False):  # --precision auto chose bf16 autocast (lle_cli.device)
         info["precision"] = "bf16 autocast (float32 weights), chosen by --precision auto"
+    elif info["dtype"] == "bfloat16" and getattr(model, "runtime_info", None):  # OpenVINO compiled in bf16
+        info["precision"] = "bf16 (OpenVINO's INFERENCE_PRECISION_HINT)"
     runtime = getattr(model, "runtime_info", None)  # --runtime onnx|openvino: the engine and the file it ran
     if runtime:
         info["runtime"] = dict(runtime)

@@ -141,6 +141,7 @@ def test_weights_file_gets_its_own_export(home: Path, tmp_path: Path) -> None:
     [
         (["--runtime", "onnx", "--tile", "256"], "whole image"),
         (["--runtime", "onnx", "--precision", "bf16"], "float32"),
+        (["--runtime", "openvino", "--precision", "fp16"], "bf16"),
         (["--runtime", "openvino", "--device", "cuda"], "CPU"),
         (["--runtime", "tensorrt"], "expected one of"),
     ],
@@ -161,6 +162,51 @@ def test_check_runtime_options_allows_the_defaults() -> None:
     check_runtime_options("torch", device="cuda", precision="bf16", tile=256, workers=True)
     with pytest.raises(UsageError, match="--workers"):
         check_runtime_options("onnx", device="cpu", precision="fp32", tile=0, workers=True)
+
+
+def test_openvino_runs_bf16_where_auto_would_and_float32_elsewhere(monkeypatch) -> None:
+    """The export's measured policy decides, as ``--precision auto`` does in PyTorch; ONNX Runtime and
+    an explicit fp32 stay float32, ``--precision bf16`` asks OpenVINO for bf16 whatever the family."""
+    from lle_cli import cpu_features
+    from lle_cli.engines import check_runtime_options, engine_precision
+
+    check_runtime_options("openvino", device="cpu", precision="bf16", tile=None, workers=False)
+    with pytest.raises(UsageError, match="float32"):
+        check_runtime_options("onnx", device="cpu", precision="bf16", tile=None, workers=False)
+    monkeypatch.setattr(cpu_features, "cpu_has_native_bf16", lambda: True)
+    fast, flow = {"auto_cpu_bf16": True}, {"auto_cpu_bf16": False}
+    assert engine_precision("openvino", "auto", fast) == "bfloat16"
+    assert engine_precision("openvino", "auto", flow) == "float32"
+    assert engine_precision("openvino", "auto", {}) == "float32"  # an export made before the policy was recorded
+    assert engine_precision("openvino", "fp32", fast) == "float32"
+    assert engine_precision("onnx", "auto", fast) == "float32"
+    assert engine_precision("openvino", "bf16", flow) == "bfloat16"
+    monkeypatch.setattr(cpu_features, "cpu_has_native_bf16", lambda: False)  # emulated bf16 is slower
+    assert engine_precision("openvino", "auto", fast) == "float32"
+
+
+def test_export_records_the_auto_bf16_policy(tmp_path: Path) -> None:
+    from lle_cli.models import FAMILIES
+
+    for family in ("zero_dce", "sci"):
+        result = export_onnx(_random_model(family), tmp_path / family)
+        assert json.loads(result.sidecar.read_text())["auto_cpu_bf16"] is FAMILIES[family].auto_cpu_bf16
+
+
+@pytest.mark.skipif(not HAVE_OPENVINO, reason="openvino (the openvino extra) is not installed")
+def test_openvino_bf16_stays_within_a_level_and_the_record_says_so(home: Path, tmp_path: Path) -> None:
+    src = tmp_path / "in.png"
+    _photo(src, 40, 56)
+    ref, out = tmp_path / "ref.png", tmp_path / "out"
+    assert main(["enhance", str(src), "-o", str(ref), "-m", "zero-dce.lle-sice", "--precision", "fp32", "-q"]) == 0
+    assert main(["enhance", str(src), "-o", str(out) + "/", "-m", "zero-dce.lle-sice", "--runtime", "openvino",
+                 "--precision", "bf16", "-q", "--record"]) == 0
+    a = np.asarray(Image.open(ref), dtype=np.int16)
+    b = np.asarray(Image.open(out / "in.png"), dtype=np.int16)
+    assert np.abs(a - b).max() <= 2  # bf16 rounding, not a different model
+    run = json.loads((out / "lle-run.json").read_text())
+    model = run["runs"][-1]["model"] if "runs" in run else run["model"]
+    assert model["dtype"] == "bfloat16" and "bf16" in model["precision"] and model["runtime"]["precision"] == "bf16"
 
 
 def test_export_paths_are_where_the_engine_reads_them(home: Path) -> None:

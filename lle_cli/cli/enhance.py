@@ -31,7 +31,7 @@ def enhance(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     runtime: Annotated[
-        str, typer.Option("--runtime", help="torch (default), or onnx / openvino: run the model's ONNX export (made once, cached) in that engine, on the CPU in float32, without loading PyTorch.")
+        str, typer.Option("--runtime", help="torch (default), or onnx / openvino: run the model's ONNX export (made once, cached) in that engine, on the CPU, without loading PyTorch (float32; OpenVINO in bf16 where --precision auto would pick it, or with --precision bf16).")
     ] = "torch",
     tile: Annotated[
         str, typer.Option("--tile", help="Largest tile size in pixels for large images, 0 to never tile, auto: tile only what would not fit in memory.")
@@ -114,10 +114,11 @@ def enhance(
         else:
             from ..engines import load_engine_model
 
-            loaded = load_engine_model(model, runtime, weights=weights, offline=offline, progress=on_bytes,
+            loaded = load_engine_model(model, runtime, precision=precision, weights=weights, offline=offline, progress=on_bytes,
                                        say=(lambda line: None) if quiet or json_out else note)
     if not quiet and not json_out:
-        note(f"model {loaded.name} ({loaded.weights_source}) on {loaded.device}" + (f" in {runtime}" if runtime != "torch" else ""))
+        engine = f" in {runtime}" + (" (bf16)" if loaded.dtype == "bfloat16" else "") if runtime != "torch" else ""
+        note(f"model {loaded.name} ({loaded.weights_source}) on {loaded.device}{engine}")
     # LLFlow only (never an engine); never changes the outputs
     warn_ood = api.ood_warner(loaded, batch.ood_stats) if runtime == "torch" else None
     failures: list[str] = []
