@@ -156,8 +156,9 @@ class LoadedModel:
         budget = self.activation_budget(height, width) - reserved_bytes
         if per_pixel * h * w <= budget:
             return None
-        overlap = tile_overlap(spec.tile_margin, spec.tile_multiple, spec.tile_exact)
-        plan = plan_within_area(h, w, int(budget / per_pixel), overlap, spec.tile_margin, spec.tile_multiple, self._min_tile())
+        margin = self.tile_margin
+        overlap = tile_overlap(margin, spec.tile_multiple, spec.tile_exact)
+        plan = plan_within_area(h, w, int(budget / per_pixel), overlap, margin, spec.tile_multiple, self._min_tile())
         return plan if plan.tiled else None
 
     def activation_budget(self, height: int, width: int) -> int:
@@ -174,12 +175,20 @@ class LoadedModel:
         size = -(-max(tile, self._min_tile()) // spec.tile_multiple) * spec.tile_multiple
         if size >= h and size >= w:
             return None
-        return plan_tiles(h, w, size, tile_overlap(spec.tile_margin, spec.tile_multiple, spec.tile_exact), spec.tile_margin,
-                          spec.tile_multiple)
+        margin = self.tile_margin
+        return plan_tiles(h, w, size, tile_overlap(margin, spec.tile_multiple, spec.tile_exact), margin, spec.tile_multiple)
+
+    @property
+    def tile_margin(self) -> int:
+        """The pixels a tile hides at each inner edge for this model's configuration (``tile_reach``),
+        else the family's ``tile_margin``."""
+        reach = self.spec.tile_reach
+        return reach(self.module.config) if reach is not None else self.spec.tile_margin
 
     def _min_tile(self) -> int:
         # stride >= overlap: at most 4x the untiled work
-        return min_tile_size(self.spec.name)
+        spec = self.spec
+        return max(2 * tile_overlap(self.tile_margin, spec.tile_multiple, spec.tile_exact), spec.min_size)
 
     def _frame(self, height: int, width: int) -> tuple[int, int, int, int]:
         """(top, bottom, left, right): what the network pads the image by itself before tiling."""

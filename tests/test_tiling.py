@@ -428,3 +428,16 @@ def test_llflow_pass_stays_inside_the_planners_estimate() -> None:
     assert int(cond) == 192
     # the full-resolution head alone would take ~800 B/px unstriped; the pass keeps well under
     assert 100 * h * w < float(per_pixel) * h * w < 0.85 * estimate, (per_pixel, estimate / (h * w))
+
+
+def test_llflow_margin_follows_the_configurations_reach() -> None:
+    """The embedded small flows hide 32 px at inner tile edges, the authors' 24-block encoder 64, and
+    the family's margin (what ``--tile`` is checked against before loading) bounds both."""
+    spec = FAMILIES["llflow"]
+    for name, margin in [("llflow.lle-synth-rqs", 32), ("llflow.lle-synth-affine", 32), ("llflow.lol", 64)]:
+        entry = get_registry().resolve(name)
+        model = LoadedModel(entry, build_model("llflow", entry.architecture).eval(), torch.device("cpu"), torch.float32, "test")
+        assert model.tile_margin == margin <= spec.tile_margin
+        plan = model.explicit_plan(400, 1200, 700)
+        assert plan is not None and plan.cols[0].weights[-margin:].max() == 0  # the hidden border
+        assert plan.cols[0].start + plan.cols[0].size - plan.cols[1].start >= 2 * margin + max(margin, 8)

@@ -48,6 +48,9 @@ class FamilySpec:
     # map stretched over the image): the family always runs whole and bounds its memory itself.
     tileable: bool = True
     tile_margin: int = 0
+    # ``tile_reach(config)``: the margin for one configuration where it differs from ``tile_margin``
+    # (which then bounds every configuration's: ``--tile`` is checked against it before loading)
+    tile_reach: Callable[[Any], int] | None = None
     tile_exact: bool = True
     tile_multiple: int = 1
     # ``tile_frame(config, height, width)``: (top, bottom, left, right) pixels the network pads the
