@@ -17,7 +17,7 @@ from pathlib import Path
 from .errors import UsageError
 
 __all__ = ["MEMORY_ENV", "PROCESS_MEMORY_MB", "AVAILABLE_SHARE", "available_memory", "cgroup_headroom",
-           "process_memory_target"]
+           "megabytes_from_env", "process_memory_target"]
 
 MEMORY_ENV = "LLE_MEMORY_MB"
 # The bounded target: the smallest the automatic one gets, and what it was before it followed the
@@ -92,17 +92,25 @@ def available_memory() -> int | None:
     return free
 
 
+def megabytes_from_env(var: str) -> float | None:
+    """``$var`` as a positive number of MiB, None when unset or empty; anything else is a UsageError."""
+    raw = os.environ.get(var, "").strip()
+    if not raw:
+        return None
+    try:
+        mb = float(raw)
+    except ValueError:
+        mb = -1.0
+    if not mb > 0:
+        raise UsageError(f"{var}={raw!r}: expected a positive number of megabytes")
+    return mb
+
+
 def process_memory_target() -> float:
     """MiB a whole lle process may plan for: ``$LLE_MEMORY_MB``, else ``AVAILABLE_SHARE`` of the
     available memory, at least ``PROCESS_MEMORY_MB`` (also where the available memory is unknown)."""
-    raw = os.environ.get(MEMORY_ENV, "").strip()
-    if raw:
-        try:
-            mb = float(raw)
-        except ValueError:
-            mb = -1.0
-        if not mb > 0:
-            raise UsageError(f"{MEMORY_ENV}={raw!r}: expected a positive number of megabytes")
+    mb = megabytes_from_env(MEMORY_ENV)
+    if mb is not None:
         return mb
     free = available_memory()
     if free is None:

@@ -9,7 +9,6 @@ not fit the memory budget runs as overlapping tiles blended into one preallocate
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import InputError, NonFiniteError, UsageError
-from .memory import MEMORY_ENV, PROCESS_MEMORY_MB, available_memory, process_memory_target
+from .errors import InputError, NonFiniteError
+from .memory import MEMORY_ENV, PROCESS_MEMORY_MB, available_memory, megabytes_from_env, process_memory_target
 from .models import FAMILIES, FamilySpec
 from .registry import ModelEntry
 from .tiling import AxisTile, TilePlan, pad_amounts, plan_tiles, plan_within_area, reflect_fits, run_tiled, tile_overlap
@@ -46,17 +45,10 @@ def tile_memory_budget(pixels: int = 0, reserved_mb: float = 0.0) -> int:
     """Bytes of activations one pass may use for an image of ``pixels``: ``$LLE_TILE_MEMORY_MB``, or
     what the process target leaves after the runtime, the model's fixed working buffers
     (``reserved_mb``, see ``FamilySpec.workspace_mb``) and the image's own copies."""
-    raw = os.environ.get(TILE_MEMORY_ENV, "").strip()
-    if not raw:
-        target = process_memory_target()
-        left = target - _RUNTIME_MB - reserved_mb - _IMAGE_BYTES_PER_PIXEL * pixels / 2**20
-        return int(max(left, _MIN_TILE_MEMORY_MB) * 2**20)
-    try:
-        mb = float(raw)
-    except ValueError:
-        mb = -1.0
-    if not mb > 0:
-        raise UsageError(f"{TILE_MEMORY_ENV}={raw!r}: expected a positive number of megabytes")
+    mb = megabytes_from_env(TILE_MEMORY_ENV)
+    if mb is None:
+        left = process_memory_target() - _RUNTIME_MB - reserved_mb - _IMAGE_BYTES_PER_PIXEL * pixels / 2**20
+        mb = max(left, _MIN_TILE_MEMORY_MB)
     return int(mb * 2**20)
 
 
