@@ -148,7 +148,7 @@ def test_sub_folders_are_noted_or_searched_with_recursive(tmp_path, rng, capsys)
 
 # ---- options checked before any work ---------------------------------------------------------------
 @pytest.mark.parametrize("args, words", [
-    (["--tile", "7", "-m", "zero-dce.lle-sice"], "at least 44 px"),
+    (["--tile", "7", "-m", "zero-dce.lle-sice"], "at least 32 px"),
     (["--tile", "7"], "cannot run in tiles"),  # the default (IAT) sees the whole image
     (["--tile", "7", "-m", "llflow.lle-synth-rqs"], "at least 384 px"),
     (["--tile", "-3"], "--tile -3"),

@@ -337,7 +337,10 @@ def test_tiles_reproduce_the_whole_image(rng, name: str, arch: dict) -> None:
     model.tile = 64
     plan = model.tile_plan(150, 211)
     assert plan is not None and len(plan) > 4
-    np.testing.assert_allclose(model.enhance(img), whole, atol=2e-6, rtol=0)
+    # up to float rounding: RUAS divides by its illumination estimate, which magnifies the rounding of
+    # convolutions whose kernels oneDNN picks by the tile's shape to ~1e-5 anywhere in a tile (not at
+    # the seams); a tile that missed part of the receptive field would be off by orders more
+    np.testing.assert_allclose(model.enhance(img), whole, atol=2e-5, rtol=0)
 
 
 # -- LOL eval15 (the figures) ---------------------------------------------------------------
