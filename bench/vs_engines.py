@@ -150,7 +150,7 @@ class Case:
         sidecar = json.loads(self.path.with_name(self.path.name + ".json").read_text())
         model = EngineModel(self.model.entry, engine, self.path, sidecar, self.model.weights_source, threads=self.threads,
                             dtype=dtype)
-        rgb = self.x[0].permute(1, 2, 0).numpy()
+        rgb = np.ascontiguousarray(self.x[0].permute(1, 2, 0).numpy())  # as a decoded photo arrives: (H, W, 3)
         return lambda: model.enhance(rgb).transpose(2, 0, 1)
 
     def eager(self) -> Run:
