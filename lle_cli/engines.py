@@ -140,12 +140,7 @@ class EngineModel:
         if self.sidecar["graph"] == FLOW_GRAPH:
             feeds, (top, left) = flow_feeds(x, self.sidecar)
         else:
-            size = self.sidecar["size"]
-            top, bottom = pad_amounts(h, size["multiple_of"], size["min_size"])
-            left, right = pad_amounts(w, size["multiple_of"], size["min_size"])
-            if top or bottom or left or right:  # as the runner pads (torch's 'reflect' is numpy's)
-                mode = "reflect" if reflect_fits(h, w, top, bottom, left, right) else "edge"
-                x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), mode=mode)
+            x, (top, left) = self._padded(x, h, w, axes=(2, 3))
             feeds = {"image": np.ascontiguousarray(x)}
         y = self._engine()(feeds)[0, :, top : top + h, left : left + w]
         if not np.isfinite(y).all():  # before the clamp, which would turn an Inf into 1
@@ -159,19 +154,24 @@ class EngineModel:
         # OpenVINO takes the photo as it is decoded (H, W, 3) and gives it back so: the layout change
         # runs inside its first and last layers instead of two strided numpy copies (20 ms at 3 MP,
         # a quarter of Zero-DCE++'s whole run; bench/vs_engines.py)
-        if self._run is not None:
-            return bool(getattr(self._run, "channels_last", False))
         return self.runtime == "openvino" and self.sidecar["graph"] == IMAGE_GRAPH
 
-    def _enhance_channels_last(self, rgb: np.ndarray) -> np.ndarray:
-        h, w = rgb.shape[:2]
-        x = np.ascontiguousarray(rgb, dtype=np.float32)[None]
+    def _padded(self, x: np.ndarray, h: int, w: int, axes: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+        """``x`` padded along its (height, width) ``axes`` as the runner pads (the sidecar's multiple and
+        minimum size; torch's 'reflect' is numpy's, edge replication where the image is too small),
+        and the (top, left) to crop the output by."""
         size = self.sidecar["size"]
         top, bottom = pad_amounts(h, size["multiple_of"], size["min_size"])
         left, right = pad_amounts(w, size["multiple_of"], size["min_size"])
-        if top or bottom or left or right:  # as the runner pads (torch's 'reflect' is numpy's)
-            mode = "reflect" if reflect_fits(h, w, top, bottom, left, right) else "edge"
-            x = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), mode=mode)
+        if top or bottom or left or right:
+            widths = [(0, 0)] * x.ndim
+            widths[axes[0]], widths[axes[1]] = (top, bottom), (left, right)
+            x = np.pad(x, widths, mode="reflect" if reflect_fits(h, w, top, bottom, left, right) else "edge")
+        return x, (top, left)
+
+    def _enhance_channels_last(self, rgb: np.ndarray) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        x, (top, left) = self._padded(np.ascontiguousarray(rgb, dtype=np.float32)[None], h, w, axes=(1, 2))
         y = self._engine()({"image": x})[0, top : top + h, left : left + w]
         if not np.isfinite(y).all():  # before the clamp, which would turn an Inf into 1
             raise NonFiniteError(f"model {self.name} produced NaN/Inf values in {self.runtime}; try --runtime torch")
@@ -188,7 +188,7 @@ class EngineModel:
                 self._run = _onnxruntime(self.onnx_path, self.threads)
             else:
                 self._run = _openvino(self.onnx_path, self.threads, "bf16" if self.dtype == "bfloat16" else "f32",
-                                      channels_last=self.sidecar["graph"] == IMAGE_GRAPH)
+                                      channels_last=self._channels_last)
         return self._run
 
 
@@ -239,7 +239,6 @@ def _openvino(path: Path, threads: int, precision: str = "f32", *, channels_last
         request.infer(feeds)
         return request.get_output_tensor(0).data
 
-    run.channels_last = channels_last  # type: ignore[attr-defined]
     return run
 
 

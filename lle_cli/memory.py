@@ -16,13 +16,16 @@ from pathlib import Path
 
 from .errors import UsageError
 
-__all__ = ["MEMORY_ENV", "PROCESS_MEMORY_MB", "AVAILABLE_SHARE", "available_memory", "cgroup_headroom",
+__all__ = ["MEMORY_ENV", "PROCESS_MEMORY_MB", "RUNTIME_MB", "AVAILABLE_SHARE", "available_memory", "cgroup_headroom",
            "megabytes_from_env", "process_memory_target"]
 
 MEMORY_ENV = "LLE_MEMORY_MB"
 # The bounded target: the smallest the automatic one gets, and what it was before it followed the
 # machine (Python, torch and the weights ~0.6 GiB, the rest for the image and one pass).
 PROCESS_MEMORY_MB = 2560
+# Python, torch and a model's weights in each lle process, before any image (the runner's and the
+# worker pool's estimate)
+RUNTIME_MB = 640
 # Half of the available memory: the other half stays for the page cache, the user's other programs
 # and the estimates' error (they are the worst peaks measured, bench/tiling.py).
 AVAILABLE_SHARE = 0.5

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import InputError, NonFiniteError
-from .memory import MEMORY_ENV, PROCESS_MEMORY_MB, available_memory, megabytes_from_env, process_memory_target
+from .memory import MEMORY_ENV, PROCESS_MEMORY_MB, RUNTIME_MB, available_memory, megabytes_from_env, process_memory_target
 from .models import FAMILIES, FamilySpec
 from .registry import ModelEntry
 from .tiling import AxisTile, TilePlan, pad_amounts, plan_tiles, plan_within_area, reflect_fits, run_tiled, tile_overlap
@@ -33,7 +33,7 @@ TILE_MEMORY_ENV = "LLE_TILE_MEMORY_MB"
 # output) ~32 bytes per pixel, and one pass's activations get the rest, at least 512 MiB. Under the
 # bounded 2.5 GiB target a 3 MP photo gets ~1.8 GiB (LLFlow runs it as 3 tiles), a 24 MP one
 # ~1.2 GiB (bench/tiling.py measures the peak: under 3 GB for every family).
-_RUNTIME_MB = 640
+_RUNTIME_MB = RUNTIME_MB
 _IMAGE_BYTES_PER_PIXEL = 32
 _MIN_TILE_MEMORY_MB = 512
 # the tiles' total area over the image's in a typical automatic plan (the overlaps): what a family's
@@ -53,11 +53,21 @@ def tile_memory_budget(pixels: int = 0, reserved_mb: float = 0.0) -> int:
 
 
 def min_tile_size(family: str) -> int:
-    """The smallest tile side a family can run in: twice its overlap (or its minimum input size)."""
+    """The smallest tile side a family can run in: twice its overlap (or its minimum input size),
+    with the family's margin, which bounds every configuration's (``FamilySpec.tile_reach``)."""
     spec = FAMILIES[family]
     if not spec.tileable:
         return 0  # never tiled: no tile size applies
-    return max(2 * tile_overlap(spec.tile_margin, spec.tile_multiple, spec.tile_exact), spec.min_size)
+    return _smallest_tile(spec, spec.tile_margin)
+
+
+def _overlap(spec: FamilySpec, margin: int) -> int:
+    return tile_overlap(margin, spec.tile_multiple, spec.tile_exact)
+
+
+def _smallest_tile(spec: FamilySpec, margin: int) -> int:
+    # stride >= overlap: at most 4x the untiled work
+    return max(2 * _overlap(spec, margin), spec.min_size)
 
 
 class NonFiniteOutputError(NonFiniteError):
@@ -149,8 +159,7 @@ class LoadedModel:
         if per_pixel * h * w <= budget:
             return None
         margin = self.tile_margin
-        overlap = tile_overlap(margin, spec.tile_multiple, spec.tile_exact)
-        plan = plan_within_area(h, w, int(budget / per_pixel), overlap, margin, spec.tile_multiple, self._min_tile())
+        plan = plan_within_area(h, w, int(budget / per_pixel), _overlap(spec, margin), margin, spec.tile_multiple, self._min_tile())
         return plan if plan.tiled else None
 
     def activation_budget(self, height: int, width: int) -> int:
@@ -168,7 +177,7 @@ class LoadedModel:
         if size >= h and size >= w:
             return None
         margin = self.tile_margin
-        return plan_tiles(h, w, size, tile_overlap(margin, spec.tile_multiple, spec.tile_exact), margin, spec.tile_multiple)
+        return plan_tiles(h, w, size, _overlap(spec, margin), margin, spec.tile_multiple)
 
     @property
     def tile_margin(self) -> int:
@@ -178,9 +187,7 @@ class LoadedModel:
         return reach(self.module.config) if reach is not None else self.spec.tile_margin
 
     def _min_tile(self) -> int:
-        # stride >= overlap: at most 4x the untiled work
-        spec = self.spec
-        return max(2 * tile_overlap(self.tile_margin, spec.tile_multiple, spec.tile_exact), spec.min_size)
+        return _smallest_tile(self.spec, self.tile_margin)
 
     def _frame(self, height: int, width: int) -> tuple[int, int, int, int]:
         """(top, bottom, left, right): what the network pads the image by itself before tiling."""

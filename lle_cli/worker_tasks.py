@@ -49,15 +49,13 @@ def worker_tile_budget(workers: int) -> int | None:
     run in more tiles than in one process, which changes its output by float rounding (``--tile N``
     fixes the grid).
     """
-    from .memory import process_memory_target
+    from .memory import RUNTIME_MB, process_memory_target
     from .runner import TILE_MEMORY_ENV
 
     if workers <= 1 or os.environ.get(TILE_MEMORY_ENV, "").strip():
         return None
-    return max(512, int(process_memory_target() - _RUNTIME_SHARE_MB) // workers - 256)
+    return max(512, int(process_memory_target() - RUNTIME_MB) // workers - 256)
 
-
-_RUNTIME_SHARE_MB = 640  # Python, torch and the weights in each process (runner's estimate)
 
 
 def apply_tile_budget(mb: int | None) -> None:
