@@ -139,7 +139,10 @@ def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pa
 
 def _winograd_strips(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     n, c, h, w = x.shape
-    rows = max(WINOGRAD_STRIP_BYTES // (c * w * 4) // 6 * 6, 6)  # whole 6-row Winograd tiles
+    # NNPACK's transform buffers scale with the input and the output of a call: bound the wider of
+    # the two (LLFlow's spline couplings expand 32 channels to 768), else the workspace grows with
+    # the image. Whole 6-row Winograd tiles.
+    rows = max(WINOGRAD_STRIP_BYTES // (max(c, weight.shape[0]) * w * 4) // 6 * 6, 6)
     if rows >= h:
         return torch._nnpack_spatial_convolution(x.contiguous(), weight, bias, [1, 1])
     out = x.new_empty(n, weight.shape[0], h, w)

@@ -85,7 +85,9 @@ def test_tiled_features_equal_untiled_features(monkeypatch, rng) -> None:
     monkeypatch.delenv(TILE_MEMORY_ENV, raising=False)
     assert ood.feature_plan(model, 500, 700, spec) is None
     whole, boxes = ood.patch_features(model, rgb, spec)
-    monkeypatch.setenv(TILE_MEMORY_ENV, "270")
+    # 70 % of what the whole padded image needs: two or more tiles, whatever the estimate's value
+    whole_mb = model.spec.activation_bytes(model.module.config) * 512 * 704 / 2**20
+    monkeypatch.setenv(TILE_MEMORY_ENV, str(int(0.7 * whole_mb)))
     plan = ood.feature_plan(model, 500, 700, spec)
     assert plan is not None and len(plan) >= 2
     calls = []

@@ -68,6 +68,19 @@ def test_strips_compute_every_row_exactly_once(calls, monkeypatch, h) -> None:
     assert _rel_err(y, _reference(x, w, b)) < 2e-5
 
 
+def test_strips_are_bounded_by_the_wider_of_input_and_output(calls, monkeypatch) -> None:
+    # An expanding layer (LLFlow's spline coupling goes from 32 to 768 channels) needs transform
+    # buffers for its output too: strips are sized by the output when it is the wider side
+    torch.manual_seed(2)
+    x = torch.randn(1, 32, 24, 40)
+    w = torch.randn(128, 32, 3, 3) * 0.05
+    monkeypatch.setattr(_cpu, "WINOGRAD_STRIP_BYTES", 128 * 40 * 4 * 7)  # 7 output rows -> 6-row strips
+    with torch.inference_mode():
+        y = _cpu.conv3x3(x, w, None, 1)
+    assert len(calls) == 4  # the input alone (32 channels) would have fit one call
+    assert _rel_err(y, _reference(x, w, None)) < 2e-5
+
+
 def test_what_stays_on_the_direct_convolution(calls, monkeypatch) -> None:
     x = torch.randn(1, 32, 12, 12)
     w = torch.randn(32, 32, 3, 3)

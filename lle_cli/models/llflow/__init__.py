@@ -63,9 +63,12 @@ SPEC = register_family(
         tile_multiple=16,
         tile_frame=tile_frame,  # tiles cover the padded image: the histogram equalisation must see it whole
         tile_pass=tiled_forward,
-        # the worst of 0.7-4 MP inputs (bench/tiling.py's method, glibc keeping freed memory as
-        # ``lle enhance`` does): 985 B/px for lol-small (64 conditioning channels), 1,343 for mid (320)
-        activation_bytes=lambda c: 900.0 + 1.4 * c.cond_channels,
+        # Peak over the loaded model (glibc keeping freed memory as ``lle enhance`` does), MB at 0.8 /
+        # 3.2 MP, direct convolutions: the embedded spline flow (64 conditioning channels) 560 / 2,046,
+        # lol-small (64) 521 / 1,666, mid (320) 798 / 3,775; through Winograd (its buffers are
+        # ``workspace_mb``): 727 / 2,498, 765 / 1,994, 1,226 / 3,831. The line below (plus the workspace
+        # where Winograd runs) covers each point by 14-50 %.
+        activation_bytes=lambda c: 640.0 + 2.2 * c.cond_channels,
         # the Winograd convolutions' buffers (lle_cli._cpu.conv3x3), bounded by their row strips
         workspace_mb=lambda c: winograd_workspace_mb() if min(c.nf, c.gc) >= WINOGRAD_MIN_CHANNELS else 0.0,
         # per latent beyond the first in one decode pass (``lle sample``; peak RSS over the baseline,
