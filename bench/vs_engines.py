@@ -210,6 +210,18 @@ def rss_mib() -> float:
     return 0.0
 
 
+def release_memory() -> None:
+    """Collect, then hand the heap's free pages back to the system. ``bench_model`` keeps freed memory
+    as ``lle`` does (glibc serves everything from a heap it never trims), so without this one
+    contender's peak stayed resident under the next one's: on Retinexformer and CIDNet at 2048x1536
+    torch eager's 11 GB plus ONNX Runtime's 14 GB arena had the process killed on a 24 GB machine."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def available_mib() -> float:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -232,8 +244,12 @@ def alternate(pair: dict[str, Run], repeats: int) -> dict[str, list[float]]:
     return times
 
 
+CONTENDERS = ("torch eager", "onnxruntime", "openvino fp32", "openvino default", "lle bf16", "lle --runtime onnx",
+              "lle --runtime openvino", "lle --runtime openvino bf16")
+
+
 def bench_case(model: LoadedModel, onnx_path: Path, width: int, height: int, threads: int, repeats: int,
-               openvino: bool, min_free_mib: float) -> list[dict[str, Any]]:
+               openvino: bool, min_free_mib: float, only: tuple[str, ...] = CONTENDERS) -> list[dict[str, Any]]:
     """Each contender is built, timed alternately with lle, and released before the next is built: an
     engine's working memory at 2048x1536 runs to gigabytes (ONNX Runtime's arena, OpenVINO's static
     buffers), and holding all of them at once exhausted a 23 GB machine."""
@@ -250,6 +266,8 @@ def bench_case(model: LoadedModel, onnx_path: Path, width: int, height: int, thr
     if openvino:
         builders["lle --runtime openvino"] = lambda: (case.runtime("openvino"), "float32")
         builders["lle --runtime openvino bf16"] = lambda: (case.runtime("openvino", "bfloat16"), "bfloat16")
+    assert set(builders) <= set(CONTENDERS)
+    builders = {k: v for k, v in builders.items() if k in only}
     lle = case.lle()
     ref = lle()  # warm-up, and the reference output
     lle_times: list[float] = []
@@ -265,7 +283,7 @@ def bench_case(model: LoadedModel, onnx_path: Path, width: int, height: int, thr
         except Exception as exc:  # one contender that cannot run this model must not lose the others' rows
             print(f"  {name}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             rows.append({"contender": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
-            gc.collect()
+            release_memory()
             continue
         held = rss_mib() - before
         times = alternate({"lle": lle, name: run}, repeats)
@@ -282,8 +300,9 @@ def bench_case(model: LoadedModel, onnx_path: Path, width: int, height: int, thr
             "finite": finite,
             **(levels(out, ref) if finite else {}),
         })
+        print(f"  {name}: {rows[-1]['median_s']} s against lle's {rows[-1]['lle_median_s']} s", file=sys.stderr)
         del run, out
-        gc.collect()
+        release_memory()
     lle_row = {"contender": "lle", "precision": "float32", "repeats": len(lle_times), "times_s": [round(t, 4) for t in lle_times],
                "median_s": round(statistics.median(lle_times), 4) if lle_times else None, "ratio": 1.0,
                "max_abs_diff": 0.0, "finite": True, **levels(ref, ref)}
@@ -357,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"results file (default {DEFAULT_JSON.relative_to(ROOT)})")
     p.add_argument("--min-free-mb", type=float, default=4096,
                    help="skip a contender when less memory than this is available (other jobs share the machine; default 4096)")
+    p.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=list(CONTENDERS), metavar="NAME",
+                   help="time only these beside lle (default: all; quote names with spaces: " + ", ".join(CONTENDERS) + ")")
     p.add_argument("--append", action="store_true",
                    help="keep the file's rows for the families and sizes this run does not measure (a short run adds to a longer one)")
     args = p.parse_args(argv)
@@ -392,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             for w, h in args.sizes:
                 rows.extend(bench_case(model, export.path, w, h, args.threads, args.repeats, ov_version is not None,
-                                       args.min_free_mb))
+                                       args.min_free_mb, tuple(args.contenders)))
                 print(f"  {w}x{h} done", file=sys.stderr)
             del model
 
