@@ -44,6 +44,16 @@ warming it up (ONNX Runtime's arena, OpenVINO's buffers; lle's memory is already
 is also given in 8-bit levels (round(255 x)): the largest, and the fraction of pixels whose three
 channels are all within one level.
 
+Memory: ``bench_model`` keeps freed memory as ``lle`` does (glibc serves every block from a heap it
+never trims), and each contender's freed heap is handed back before the next is built. On a 24 GB
+machine that is still not enough for the attention networks at 2048x1536: ONNX Runtime with its
+arena was killed at 24 GB alternating with lle on Retinexformer (with freed memory kept, and with
+``LLE_KEEP_FREED_MEMORY=0``; one pass alone peaks at 15 GB) and on CIDNet, and so was lle's
+arena-less ``--runtime onnx`` on Retinexformer, alternating with lle's 4.4 GB PyTorch passes on the
+kept heap. Leaving the allocator alone is no way round: lle's
+PyTorch passes then fault their memory in afresh and take 2.8x as long (50.7 s against 18.3).
+``--contenders`` times the others; the JSON records ``keep_freed_memory``.
+
 The input is ``lle_cli.export.check_image`` at each size (a dim textured scene in 8-bit steps).
 The load average before and after is recorded: on a machine that other jobs share, the absolute
 times mean little and the ratios somewhat more. Needs the onnx extra (``pip install '.[onnx]'``);
@@ -211,10 +221,9 @@ def rss_mib() -> float:
 
 
 def release_memory() -> None:
-    """Collect, then hand the heap's free pages back to the system. ``bench_model`` keeps freed memory
-    as ``lle`` does (glibc serves everything from a heap it never trims), so without this one
-    contender's peak stayed resident under the next one's: on Retinexformer and CIDNet at 2048x1536
-    torch eager's 11 GB plus ONNX Runtime's 14 GB arena had the process killed on a 24 GB machine."""
+    """Collect, then hand the heap's free pages back to the system: with freed memory kept (as
+    ``lle`` keeps it) one contender's peak stayed resident under the next one's, torch eager's 11 GB
+    under ONNX Runtime's 14 GB arena on Retinexformer at 2048x1536."""
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):
         import ctypes
@@ -396,10 +405,13 @@ def main(argv: list[str] | None = None) -> int:
         print("openvino is not installed: its rows are skipped (pip install '.[openvino]')", file=sys.stderr)
     import onnxruntime
 
+    from lle_cli._cpu import MALLOC_ENV
+
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     env = environment(onnxruntime=onnxruntime.__version__, openvino=ov_version, cpus=os.cpu_count(),
-                      load_average_before=[round(v, 2) for v in load_before])
+                      load_average_before=[round(v, 2) for v in load_before],
+                      keep_freed_memory=os.environ.get(MALLOC_ENV, "1") != "0")
     print(f"torch {env['torch']}, {args.threads} threads, {env['cpu']}; load average {load_before[0]:.2f} on "
           f"{os.cpu_count()} CPUs{' (a loaded machine: ratios matter more than times)' if load_before[0] > 0.5 else ''}",
           file=sys.stderr)
