@@ -50,9 +50,9 @@ machine that is still not enough for the attention networks at 2048x1536: ONNX R
 arena was killed at 24 GB alternating with lle on Retinexformer (with freed memory kept, and with
 ``LLE_KEEP_FREED_MEMORY=0``; one pass alone peaks at 15 GB) and on CIDNet, and so was lle's
 arena-less ``--runtime onnx`` on Retinexformer, alternating with lle's 4.4 GB PyTorch passes on the
-kept heap. Leaving the allocator alone is no way round: lle's
-PyTorch passes then fault their memory in afresh and take 2.8x as long (50.7 s against 18.3).
-``--contenders`` times the others; the JSON records ``keep_freed_memory``.
+kept heap. Leaving the allocator alone is no way round: lle's PyTorch passes then fault their
+memory in afresh and take 2.8x as long (50.7 s against 18.3). ``--contenders`` times the others;
+the JSON records ``keep_freed_memory``.
 
 The input is ``lle_cli.export.check_image`` at each size (a dim textured scene in 8-bit steps).
 The load average before and after is recorded: on a machine that other jobs share, the absolute
@@ -405,13 +405,13 @@ def main(argv: list[str] | None = None) -> int:
         print("openvino is not installed: its rows are skipped (pip install '.[openvino]')", file=sys.stderr)
     import onnxruntime
 
-    from lle_cli._cpu import MALLOC_ENV
+    from lle_cli._cpu import keep_freed_memory
 
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     env = environment(onnxruntime=onnxruntime.__version__, openvino=ov_version, cpus=os.cpu_count(),
                       load_average_before=[round(v, 2) for v in load_before],
-                      keep_freed_memory=os.environ.get(MALLOC_ENV, "1") != "0")
+                      keep_freed_memory=keep_freed_memory())  # bench_model sets it; whether it took
     print(f"torch {env['torch']}, {args.threads} threads, {env['cpu']}; load average {load_before[0]:.2f} on "
           f"{os.cpu_count()} CPUs{' (a loaded machine: ratios matter more than times)' if load_before[0] > 0.5 else ''}",
           file=sys.stderr)
